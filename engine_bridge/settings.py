@@ -1,0 +1,60 @@
+"""Engine settings, read from the environment in one place."""
+
+import os
+from dataclasses import dataclass, field
+
+from engine_bridge.default_model import DEFAULT_MODEL_NAME, default_model_dir
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _env_float(name: str, default: float | None) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine loads and how; every field has an environment variable (see README)."""
+
+    model: str = field(default_factory=lambda: str(default_model_dir()))
+    served_model_name: str = DEFAULT_MODEL_NAME
+    # "auto" means float32 on CPU (bf16 + eager gave wrong text there) and the model's dtype on GPU.
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    kv_cache_gb: int = 1
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    max_num_seqs: int | None = None
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_env(cls) -> "EngineSettings":
+        """Build settings from MODEL, SERVED_MODEL_NAME, DTYPE, MAX_MODEL_LEN and friends."""
+        model = os.environ.get("MODEL") or str(default_model_dir())
+        default_name = DEFAULT_MODEL_NAME if model == str(default_model_dir()) else model
+        return cls(
+            model=model,
+            served_model_name=os.environ.get("SERVED_MODEL_NAME") or default_name,
+            dtype=os.environ.get("DTYPE") or "auto",
+            max_model_len=_env_int("MAX_MODEL_LEN", None),
+            kv_cache_gb=_env_int("KV_CACHE_GB", 1),
+            gpu_memory_utilization=_env_float("GPU_MEMORY_UTILIZATION", 0.9),
+            tensor_parallel_size=_env_int("TENSOR_PARALLEL_SIZE", 1),
+            max_num_seqs=_env_int("MAX_NUM_SEQS", None),
+            enforce_eager=_env_bool("ENFORCE_EAGER", True),
+            enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
+            seed=_env_int("ENGINE_SEED", 0),
+        )

@@ -1,0 +1,171 @@
+"""Every error, from every layer, is OpenAI's envelope with the right status."""
+
+import pytest
+
+from engine_bridge import EngineState
+from tests.conftest import STAND_IN_MODEL, make_stand_in_bridge
+from tests.stand_in import StandInEngine
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(**overrides):
+    return {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "Hi"}], **overrides}
+
+
+def assert_envelope(response, status, param=None, code=None, type_="invalid_request_error"):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["type"] == type_
+    assert error["param"] == param
+    assert error["code"] == code
+    return error
+
+
+def test_malformed_json_is_a_400(client):
+    response = client.post(CHAT, data="{not json", content_type="application/json")
+    assert_envelope(response, 400)
+
+
+def test_a_json_body_that_is_not_an_object_is_a_400(client):
+    assert_envelope(client.post(CHAT, json=[1, 2]), 400)
+
+
+def test_unknown_route_is_a_404(client):
+    error = assert_envelope(client.get("/v1/nothing-here"), 404, code="not_found")
+    assert "/v1/nothing-here" in error["message"]
+
+
+def test_wrong_method_is_a_405(client):
+    assert_envelope(client.get(CHAT), 405, code="method_not_allowed")
+    assert_envelope(client.post("/health"), 405, code="method_not_allowed")
+
+
+def test_body_over_the_limit_is_a_413(make_client):
+    client = make_client(MAX_CONTENT_LENGTH=1000)
+    response = client.post(CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 5000}]))
+    assert_envelope(response, 413, code="request_too_large")
+
+
+def test_unknown_model_is_a_404(client):
+    error = assert_envelope(client.post(CHAT, json=chat_body(model="gpt-9")), 404, param="model",
+                            code="model_not_found")
+    assert "gpt-9" in error["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "model"),
+    ({"model": STAND_IN_MODEL}, "messages"),
+    (chat_body(messages=[]), "messages"),
+    (chat_body(messages="Hi"), "messages"),
+    (chat_body(messages=[{"role": "robot", "content": "Hi"}]), "messages[0].role"),
+    (chat_body(messages=[{"role": "user"}]), "messages[0].content"),
+    (chat_body(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": 5}]), "messages[1].content"),
+    (chat_body(temperature=2.5), "temperature"),
+    (chat_body(temperature="hot"), "temperature"),
+    (chat_body(top_p=0), "top_p"),
+    (chat_body(top_p=1.5), "top_p"),
+    (chat_body(max_tokens=0), "max_tokens"),
+    (chat_body(max_tokens=2.5), "max_tokens"),
+    (chat_body(max_tokens=True), "max_tokens"),
+    (chat_body(frequency_penalty=-3), "frequency_penalty"),
+    (chat_body(presence_penalty=2.1), "presence_penalty"),
+    (chat_body(stream="yes"), "stream"),
+    (chat_body(model=7), "model"),
+])
+def test_invalid_chat_fields_name_the_param(client, body, param):
+    error = assert_envelope(client.post(CHAT, json=body), 400, param=param)
+    assert param in error["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": STAND_IN_MODEL}, "prompt"),
+    ({"model": STAND_IN_MODEL, "prompt": 12}, "prompt"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "temperature": -0.1}, "temperature"),
+])
+def test_invalid_completion_fields_name_the_param(client, body, param):
+    assert_envelope(client.post("/v1/completions", json=body), 400, param=param)
+
+
+def test_max_tokens_over_the_server_limit_is_a_400(make_client):
+    client = make_client(MAX_OUTPUT_TOKENS=100)
+    error = assert_envelope(client.post(CHAT, json=chat_body(max_tokens=101)), 400, param="max_tokens")
+    assert "100" in error["message"]
+
+
+def test_prompt_over_the_context_is_a_400_with_the_counts(client):
+    long_prompt = " ".join(["word"] * 300)  # the stand-in context is 256 tokens
+    error = assert_envelope(client.post("/v1/completions", json={"model": STAND_IN_MODEL, "prompt": long_prompt}),
+                            400, param="prompt", code="context_length_exceeded")
+    assert "256" in error["message"] and "300" in error["message"]
+
+
+def test_prompt_over_the_prompt_limit_is_a_400(make_client):
+    client = make_client(MAX_PROMPT_TOKENS=10)
+    body = chat_body(messages=[{"role": "user", "content": " ".join(["w"] * 20)}])
+    assert_envelope(client.post(CHAT, json=body), 400, param="messages", code="context_length_exceeded")
+
+
+def test_error_messages_quote_only_an_excerpt_of_the_input(client):
+    huge_model = "m" * 10000
+    error = assert_envelope(client.post(CHAT, json=chat_body(model=huge_model)), 404, param="model",
+                            code="model_not_found")
+    assert len(error["message"]) < 300
+
+
+def test_an_uncaught_exception_is_a_500_without_a_stack_trace(make_client):
+    bridge = make_stand_in_bridge()
+
+    def explode(messages):
+        raise RuntimeError("secret internal detail")
+
+    bridge.render_chat = explode
+    client = make_client(bridge)
+    error = assert_envelope(client.post(CHAT, json=chat_body()), 500, type_="server_error")
+    assert "secret" not in error["message"] and "Traceback" not in error["message"]
+
+
+def test_requests_while_the_engine_loads_are_a_503(make_client):
+    client = make_client(make_stand_in_bridge(load=False))
+    response = client.post(CHAT, json=chat_body())
+    assert_envelope(response, 503, type_="server_error", code="engine_not_ready")
+    assert response.headers["Retry-After"]
+
+
+def test_an_engine_failure_is_a_500_and_the_next_request_is_too(make_client):
+    bridge = make_stand_in_bridge(StandInEngine(fail_after_steps=1))
+    client = make_client(bridge)
+    assert_envelope(client.post(CHAT, json=chat_body()), 500, type_="server_error", code="engine_failed")
+    assert bridge.state is EngineState.FAILED
+    assert_envelope(client.post(CHAT, json=chat_body()), 500, type_="server_error", code="engine_failed")
+
+
+def test_an_engine_failure_mid_stream_is_an_error_event_then_done(make_client):
+    client = make_client(make_stand_in_bridge(StandInEngine(fail_after_steps=2)))
+    response = client.post(CHAT, json=chat_body(stream=True))
+    assert response.status_code == 200
+    events = [e for e in response.get_data(as_text=True).split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    import json
+
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and error["code"] == "engine_failed"
+    assert any('"content":"Hello"' in e for e in events)  # tokens before the failure arrived
+
+
+def test_a_bad_request_does_not_disturb_one_in_flight(make_client):
+    import gevent
+
+    bridge = make_stand_in_bridge(StandInEngine(step_delay=0.02))
+    client = make_client(bridge)
+    good = gevent.spawn(client.post, CHAT, json=chat_body(max_tokens=50))
+    bad = gevent.spawn(client.post, CHAT, json=chat_body(temperature=9))
+    gevent.joinall([good, bad], raise_error=True)
+    assert bad.value.status_code == 400
+    assert good.value.status_code == 200
+    assert good.value.get_json()["choices"][0]["message"]["content"] == "Hello from the stand-in engine ."

@@ -1,0 +1,131 @@
+"""The endpoints' shapes, with a stand-in engine."""
+
+import json
+from datetime import datetime
+
+from tests.conftest import STAND_IN_MODEL, make_stand_in_bridge
+from tests.stand_in import DEFAULT_ANSWER
+
+CHAT = "/v1/chat/completions"
+
+
+def events_of(response):
+    chunks = [e for e in response.get_data(as_text=True).split("\n\n") if e]
+    assert chunks[-1] == "data: [DONE]"
+    assert all(c.startswith("data: ") for c in chunks)
+    return [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+
+
+def test_health_is_healthy_when_the_engine_is_ready(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "healthy"
+    assert body["version"]
+    assert datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_health_is_503_while_the_engine_loads(make_client):
+    response = make_client(make_stand_in_bridge(load=False)).get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "loading"
+    assert set(response.get_json()) == {"status", "timestamp", "version"}
+
+
+def test_health_is_503_while_draining(make_client):
+    bridge = make_stand_in_bridge()
+    client = make_client(bridge)
+    bridge.begin_drain()
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "draining"
+
+
+def test_models_lists_the_served_model(client):
+    body = client.get("/v1/models").get_json()
+    assert body["object"] == "list"
+    [model] = body["data"]
+    assert model["id"] == STAND_IN_MODEL
+    assert model["object"] == "model"
+    assert isinstance(model["created"], int) and model["owned_by"]
+
+
+def test_chat_completion_shape(client):
+    body = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 50,
+                                   "messages": [{"role": "user", "content": "Say hello"}]}).get_json()
+    assert body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion"
+    assert body["model"] == STAND_IN_MODEL
+    assert isinstance(body["created"], int)
+    [choice] = body["choices"]
+    assert choice["index"] == 0
+    assert choice["message"] == {"role": "assistant", "content": DEFAULT_ANSWER}
+    assert choice["finish_reason"] == "stop"
+    usage = body["usage"]
+    # The stand-in tokenizer has one token per word: "user: Say hello" + "assistant:".
+    assert usage["prompt_tokens"] == 4
+    assert usage["completion_tokens"] == len(DEFAULT_ANSWER.split())
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_chat_completion_stops_at_max_tokens_with_length(client):
+    body = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 2,
+                                   "messages": [{"role": "user", "content": "x"}]}).get_json()
+    assert body["choices"][0]["message"]["content"] == "Hello from"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 2
+
+
+def test_chat_stream_shape(client):
+    response = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 50, "stream": True,
+                                       "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    chunks = events_of(response)
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    contents = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert "".join(contents) == DEFAULT_ANSWER
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "stop"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+
+
+def test_completion_shape(client):
+    body = client.post("/v1/completions", json={"model": STAND_IN_MODEL, "prompt": "Once upon",
+                                                 "max_tokens": 50}).get_json()
+    assert body["id"].startswith("cmpl-")
+    assert body["object"] == "text_completion"
+    [choice] = body["choices"]
+    assert choice["text"] == DEFAULT_ANSWER and choice["index"] == 0 and choice["finish_reason"] == "stop"
+    assert body["usage"]["prompt_tokens"] == 2
+    assert body["usage"]["total_tokens"] == 2 + len(DEFAULT_ANSWER.split())
+
+
+def test_completion_stream_shape(client):
+    response = client.post("/v1/completions", json={"model": STAND_IN_MODEL, "prompt": "Once upon",
+                                                     "max_tokens": 3, "stream": True})
+    chunks = events_of(response)
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "Hello from the"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_client_that_leaves_a_stream_aborts_the_request(make_client):
+    from tests.stand_in import StandInEngine
+
+    engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.005, max_model_len=4096)
+    client = make_client(make_stand_in_bridge(engine))
+    response = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 1000, "stream": True,
+                                       "messages": [{"role": "user", "content": "x"}]}, buffered=False)
+    events = iter(response.response)
+    next(events), next(events)
+    response.close()  # what the WSGI server does when the client disconnects
+    import gevent
+    for _ in range(200):
+        if engine.aborted:
+            break
+        gevent.sleep(0.01)
+    assert len(engine.aborted) == 1
+    assert not engine.has_unfinished_requests()

@@ -1,0 +1,128 @@
+"""Shared fixtures: a stand-in engine for edge cases, the real engine, and the real server process."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from engine_bridge import EngineBridge, EngineSettings
+from tests.stand_in import StandInEngine, StandInTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+STAND_IN_MODEL = "stand-in-model"
+# Loading the real model takes about 10 s here; allow for a slow, busy machine.
+SERVER_START_TIMEOUT = 300
+
+
+def make_stand_in_bridge(engine: StandInEngine | None = None, load: bool = True) -> EngineBridge:
+    engine = engine or StandInEngine()
+    bridge = EngineBridge(
+        EngineSettings(model="stand-in", served_model_name=STAND_IN_MODEL),
+        engine_factory=lambda settings: engine,
+        tokenizer_factory=lambda model: StandInTokenizer(),
+    )
+    bridge.engine_for_tests = engine
+    if load:
+        bridge.load()
+    return bridge
+
+
+@pytest.fixture
+def stand_in_bridge():
+    bridge = make_stand_in_bridge()
+    yield bridge
+    bridge.shutdown()
+
+
+@pytest.fixture
+def make_client():
+    """Build a Flask test client around a bridge (stand-in unless given)."""
+    from app import create_app
+
+    bridges = []
+
+    def build(bridge: EngineBridge | None = None, **config):
+        bridge = bridge or make_stand_in_bridge()
+        bridges.append(bridge)
+        app = create_app({"ENGINE_BRIDGE": bridge, "TESTING": True, **config})
+        return app.test_client()
+
+    yield build
+    for bridge in bridges:
+        bridge.shutdown()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """The real gunicorn + gevent server, started as `make serve` starts it, on a loopback port."""
+
+    def __init__(self, env: dict | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not healthy after {SERVER_START_TIMEOUT} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One real server for the session, serving the default model."""
+    proc = ServerProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def real_bridge():
+    """The real vLLM engine on the default model, in this process."""
+    bridge = EngineBridge(EngineSettings.from_env())
+    bridge.load()
+    yield bridge
+    bridge.shutdown()

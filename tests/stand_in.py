@@ -1,0 +1,93 @@
+"""A stand-in for vLLM's LLMEngine and tokenizer, for edge cases the real engine cannot produce on demand."""
+
+import threading
+import time
+from types import SimpleNamespace
+
+DEFAULT_ANSWER = "Hello from the stand-in engine ."
+
+
+class StandInTokenizer:
+    """Whitespace tokenizer with a trivial chat template."""
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return text + ("\nassistant:" if add_generation_prompt else "")
+
+    def encode(self, text, add_special_tokens=True):
+        return [len(word) for word in text.split()]
+
+
+class StandInEngine:
+    """Implements the part of LLMEngine's synchronous API the bridge uses.
+
+    Each request emits the words of `answer` one per step (per choice), then stops; it stops
+    with "length" when max_tokens runs out first. `fail_after_steps` makes step() raise,
+    `reject_prompt_len` makes add_request refuse prompts of that many tokens.
+    """
+
+    def __init__(self, answer=DEFAULT_ANSWER, step_delay=0.0, fail_after_steps=None,
+                 reject_prompt_len=None, max_model_len=256):
+        self.words = answer.split(" ")
+        self.step_delay = step_delay
+        self.fail_after_steps = fail_after_steps
+        self.reject_prompt_len = reject_prompt_len
+        self.model_config = SimpleNamespace(max_model_len=max_model_len, tokenizer="stand-in")
+        self.requests = {}
+        self.added = []
+        self.aborted = []
+        self.steps = 0
+        self.step_threads = set()
+        self.lock = threading.Lock()
+
+    def add_request(self, request_id, prompt, params):
+        if len(prompt["prompt_token_ids"]) == self.reject_prompt_len:
+            raise ValueError("the stand-in engine rejects this prompt")
+        with self.lock:
+            self.added.append(request_id)
+            self.requests[request_id] = {
+                "prompt": prompt["prompt_token_ids"],
+                "params": params,
+                "produced": [0] * params.n,
+            }
+
+    def abort_request(self, request_ids):
+        with self.lock:
+            for request_id in request_ids:
+                if self.requests.pop(request_id, None) is not None:
+                    self.aborted.append(request_id)
+
+    def has_unfinished_requests(self):
+        return bool(self.requests)
+
+    def step(self):
+        self.step_threads.add(threading.get_ident())
+        if self.step_delay:
+            time.sleep(self.step_delay)
+        self.steps += 1
+        if self.fail_after_steps is not None and self.steps > self.fail_after_steps:
+            raise RuntimeError("stand-in engine failure")
+        outputs = []
+        with self.lock:
+            for request_id, req in list(self.requests.items()):
+                completions = []
+                for index, produced in enumerate(req["produced"]):
+                    if produced is None:
+                        continue
+                    word = self.words[produced]
+                    text = word if produced == 0 else " " + word
+                    produced += 1
+                    finish = None
+                    if produced >= len(self.words):
+                        finish = "stop"
+                    elif produced >= req["params"].max_tokens:
+                        finish = "length"
+                    req["produced"][index] = None if finish else produced
+                    completions.append(SimpleNamespace(index=index, text=text, token_ids=[produced],
+                                                       finish_reason=finish))
+                finished = all(p is None for p in req["produced"])
+                if finished:
+                    del self.requests[request_id]
+                outputs.append(SimpleNamespace(request_id=request_id, outputs=completions,
+                                               finished=finished, prompt_token_ids=req["prompt"]))
+        return outputs
