@@ -10,7 +10,8 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # device, halving the memory for batching instead of adding throughput. Concurrency comes
 # from gevent inside the worker and from vLLM's continuous batching, not from processes.
 workers = 1
-worker_class = "gevent"
+# gevent, minus the patches that break vLLM inside the engine thread (see the class).
+worker_class = "engine_bridge.gunicorn_worker.EngineGeventWorker"
 # Enough connections that the app itself can answer overload (429) instead of gunicorn
 # leaving clients waiting in the accept queue.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))

@@ -19,6 +19,21 @@ def _is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
+def _compile_helpers_without_subprocesses() -> None:
+    """Have vLLM's small torch.compile'd helpers use dynamo's eager backend instead of inductor.
+
+    vLLM compiles a few sampling helpers (logprob ranks, random sampling) on their first use,
+    with inductor on CPU. Inductor runs the C++ compiler in a subprocess, and under gunicorn's
+    gevent worker the patched subprocess module refuses that outside the hub's thread ("child
+    watchers are only available on the default loop"): the first logprobs request killed the
+    engine thread. The decorators read the backend when vLLM's modules are imported, so this
+    runs before the engine (and its sampler) is built.
+    """
+    from vllm.platforms import current_platform
+
+    type(current_platform).simple_compile_backend = "eager"
+
+
 @contextlib.contextmanager
 def _globals_safe_for_vllm_scan() -> Iterator[None]:
     """Hide module globals whose attribute lookup raises anything but AttributeError.
@@ -69,6 +84,8 @@ def build_engine(settings: EngineSettings):
     tqdm.tqdm.monitor_interval = 0
 
     cpu = _is_cpu_build()
+    if cpu:
+        _compile_helpers_without_subprocesses()
     dtype = settings.dtype
     if dtype == "auto" and cpu:
         # bf16 with eager execution produced wrong text on CPU; float32 is correct.
