@@ -1,8 +1,19 @@
 """Request schemas of the OpenAI API (Marshmallow), kept side by side."""
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 ROLES = ("system", "user", "assistant")
+MAX_STOP_SEQUENCES = 4
+MAX_N = 16
+MAX_PROMPTS = 128
 
 
 class StrictFloat(fields.Float):
@@ -60,9 +71,48 @@ class MessageContent(fields.Field):
         raise ValidationError("Must be a string or a list of text parts.")
 
 
+class StopSequences(fields.Field):
+    """`stop`: a string or a list of up to four strings; always loaded as a tuple."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise ValidationError("Must be a string or a list of strings.")
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise ValidationError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.")
+        if any(s == "" for s in value):
+            raise ValidationError("Stop sequences must not be empty.")
+        return tuple(value)
+
+
+def _is_token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+
+
+class Prompt(fields.Field):
+    """`prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
+
+    Loaded as a list of prompts, each a string or a list of token ids.
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            return [value]
+        if _is_token_ids(value):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(p, str) or _is_token_ids(p) for p in value):
+            if len(value) > MAX_PROMPTS:
+                raise ValidationError(f"At most {MAX_PROMPTS} prompts are allowed in one request.")
+            return value
+        raise ValidationError("Must be a string, a list of strings, a list of token ids "
+                              "(non-negative integers) or a list of token id lists, and not empty.")
+
+
 class _OpenAISchema(Schema):
     class Meta:
-        # OpenAI ignores fields it does not know; so do we (they are logged at debug level).
+        # OpenAI ignores fields it does not know; so do we (the serving layer logs them at debug).
         unknown = EXCLUDE
 
     # Optional fields sent as null take their default, as OpenAI treats them.
@@ -77,9 +127,32 @@ class _OpenAISchema(Schema):
 
 
 class ChatMessageSchema(_OpenAISchema):
-    role = StrictString(required=True, validate=validate.OneOf(ROLES))
+    role = StrictString(required=True, validate=validate.OneOf(
+        ROLES, error="Must be one of: system, user, assistant (tools are not supported)."))
     content = MessageContent(required=True)
     name = StrictString(allow_none=True)
+
+
+class StreamOptionsSchema(_OpenAISchema):
+    include_usage = StrictBoolean(allow_none=True)
+    DEFAULTS = {"include_usage": False}
+
+
+class JsonSchemaSpecSchema(_OpenAISchema):
+    name = StrictString(allow_none=True)
+    description = StrictString(allow_none=True)
+    schema = fields.Dict(required=True)
+    strict = StrictBoolean(allow_none=True)
+
+
+class ResponseFormatSchema(_OpenAISchema):
+    type = StrictString(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
+    json_schema = fields.Nested(JsonSchemaSpecSchema, allow_none=True)
+
+    @validates_schema
+    def _schema_given(self, data, **kwargs):
+        if data.get("type") == "json_schema" and not data.get("json_schema"):
+            raise ValidationError("Required when type is json_schema.", "json_schema")
 
 
 class SamplingSchema(_OpenAISchema):
@@ -92,6 +165,17 @@ class SamplingSchema(_OpenAISchema):
     frequency_penalty = StrictFloat(allow_none=True, validate=validate.Range(min=-2, max=2))
     presence_penalty = StrictFloat(allow_none=True, validate=validate.Range(min=-2, max=2))
     stream = StrictBoolean(allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    n = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=MAX_N))
+    stop = StopSequences(allow_none=True)
+    seed = StrictInteger(allow_none=True, validate=validate.Range(min=-(2**63), max=2**64 - 1))
+    user = StrictString(allow_none=True)
+    response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
+    # vLLM's extensions.
+    top_k = StrictInteger(allow_none=True, validate=validate.Range(min=-1))
+    min_p = StrictFloat(allow_none=True, validate=validate.Range(min=0, max=1))
+    repetition_penalty = StrictFloat(allow_none=True, validate=validate.Range(min=0, max=2, min_inclusive=False))
+    ignore_eos = StrictBoolean(allow_none=True)
 
     DEFAULTS = {
         "max_tokens": 16,
@@ -100,16 +184,55 @@ class SamplingSchema(_OpenAISchema):
         "frequency_penalty": 0.0,
         "presence_penalty": 0.0,
         "stream": False,
+        "n": 1,
+        "stop": (),
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "ignore_eos": False,
     }
+
+    @validates_schema
+    def _stream_options_need_stream(self, data, **kwargs):
+        if data.get("stream_options") is not None and not data.get("stream"):
+            raise ValidationError("Only allowed when stream is true.", "stream_options")
 
 
 class ChatCompletionRequestSchema(SamplingSchema):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True,
                            validate=validate.Length(min=1, error="Must contain at least one message."))
+    # OpenAI's newer name for max_tokens; it wins when both are given.
+    max_completion_tokens = StrictInteger(allow_none=True, validate=validate.Range(min=1))
+    logprobs = StrictBoolean(allow_none=True)
+    top_logprobs = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=20))
+
+    DEFAULTS = {**SamplingSchema.DEFAULTS, "logprobs": False}
+
+    @validates_schema
+    def _top_logprobs_need_logprobs(self, data, **kwargs):
+        if data.get("top_logprobs") is not None and not data.get("logprobs"):
+            raise ValidationError("Only allowed when logprobs is true.", "top_logprobs")
+
+    @post_load
+    def _prefer_max_completion_tokens(self, data, **kwargs):
+        if data.get("max_completion_tokens") is not None:
+            data["max_tokens"] = data["max_completion_tokens"]
+        return data
 
 
 class CompletionRequestSchema(SamplingSchema):
-    prompt = StrictString(required=True)
+    prompt = Prompt(required=True)
+    # Completions may ask for no new tokens at all when echoing (scoring a text).
+    max_tokens = StrictInteger(allow_none=True, validate=validate.Range(min=0))
+    logprobs = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=5))
+    echo = StrictBoolean(allow_none=True)
+
+    DEFAULTS = {**SamplingSchema.DEFAULTS, "echo": False}
+
+    @validates_schema
+    def _zero_tokens_only_with_echo(self, data, **kwargs):
+        if data.get("max_tokens") == 0 and not data.get("echo"):
+            raise ValidationError("Must be at least 1 unless echo is true.", "max_tokens")
 
 
 chat_completion_request = ChatCompletionRequestSchema()

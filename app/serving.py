@@ -1,13 +1,62 @@
 """Serving objects: turn a validated OpenAI request into engine calls and engine output into responses."""
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
-from engine_bridge import EngineBridge, GenerationStream, SamplingOptions
+from engine_bridge import EngineBridge, GenerationStream, GenerationUpdate, SamplingOptions, TokenLogprob
 
 from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Choice:
+    """One choice being assembled from the engine's deltas."""
+
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    """One request in flight: what the response needs to know besides the engine's output."""
+
+    req: dict
+    header: dict
+    prompts: list[list[int]]
+    prompt_texts: list[str | None]
+    n: int
+    # Per prompt: prompt tokens and, for echo with logprobs, the prompt's own token logprobs.
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    prompt_logprobs: dict[int, list] = field(default_factory=dict)
+    completion_tokens: int = 0
+    # Echo with max_tokens 0: the engine generates one token that the response leaves out.
+    discard_generated: bool = False
+    # Streaming state per choice index: whether the prompt was echoed, and the next text offset.
+    echoed: set[int] = field(default_factory=set)
+    text_offsets: dict[int, int] = field(default_factory=dict)
+
+    def choice_index(self, prompt_index: int, index: int) -> int:
+        """OpenAI numbers choices prompt by prompt: prompt i's choices are i*n .. i*n+n-1."""
+        return prompt_index * self.n + index
+
+    def record(self, update: GenerationUpdate) -> None:
+        self.prompt_tokens[update.prompt_index] = update.prompt_tokens
+        if update.prompt_logprobs is not None:
+            self.prompt_logprobs[update.prompt_index] = update.prompt_logprobs
+        if not self.discard_generated:
+            self.completion_tokens += sum(c.token_count for c in update.choices)
+
+    def usage(self) -> dict:
+        prompt_tokens = sum(self.prompt_tokens.get(i, len(p)) for i, p in enumerate(self.prompts))
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": prompt_tokens + self.completion_tokens}
 
 
 class OpenAIServing:
@@ -17,6 +66,7 @@ class OpenAIServing:
     id_prefix = ""
     object_name = ""
     chunk_object_name = ""
+    prompt_param = "prompt"
 
     def __init__(self, bridge: EngineBridge, config):
         self.bridge = bridge
@@ -26,31 +76,43 @@ class OpenAIServing:
     def create(self, body: dict) -> dict | Iterator[str]:
         """The response body for body, or an iterator of SSE events when it asks to stream."""
         req = self.schema.load(body)
+        unknown = set(body) - set(self.schema.fields)
+        if unknown:
+            log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
         self._check_model(req["model"])
-        options = self._sampling_options(req)
-        prompt_ids = self.prompt_token_ids(req)
-        self._check_prompt_length(len(prompt_ids))
+        options = self.sampling_options(req)
+        prompts, prompt_texts = self.prompts(req)
+        for prompt in prompts:
+            self._check_prompt_length(len(prompt))
         response_id = f"{self.id_prefix}{uuid.uuid4().hex}"
-        stream = self.bridge.generate(prompt_ids, options, request_id=response_id)
+        stream = self.bridge.generate(prompts, options, request_id=response_id)
         header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
                   "model": req["model"]}
+        call = Call(req, header, prompts, prompt_texts, options.n,
+                    discard_generated=req["max_tokens"] == 0)
         if req["stream"]:
-            return self._stream(stream, header, options.n)
-        return self._collect(stream, header, options.n)
+            return self._stream(stream, call)
+        return self._collect(stream, call)
 
     # -- per endpoint --------------------------------------------------------------------------
 
-    def prompt_token_ids(self, req: dict) -> list[int]:
+    def prompts(self, req: dict) -> tuple[list[list[int]], list[str | None]]:
+        """The prompts as token ids, and their texts where the client sent text."""
         raise NotImplementedError
 
-    def choice(self, index: int, text: str, finish_reason: str | None) -> dict:
+    def extra_options(self, req: dict) -> dict:
+        """Endpoint-specific SamplingOptions fields (logprobs)."""
+        return {}
+
+    def choice(self, call: Call, index: int, prompt_index: int, choice: Choice) -> dict:
         raise NotImplementedError
 
-    def chunk_choice(self, index: int, text: str | None, finish_reason: str | None) -> dict:
+    def chunk_choice(self, call: Call, index: int, prompt_index: int, text: str | None,
+                     logprobs: list[TokenLogprob] | None, finish_reason: str | None) -> dict:
         raise NotImplementedError
 
-    def opening_chunk_choices(self, n: int) -> list[dict]:
-        """Choices of a first chunk sent before any token (chat sends the role there)."""
+    def opening_chunk_choices(self, call: Call) -> list[dict]:
+        """Choices sent before any token, one chunk each (chat sends the role there)."""
         return []
 
     # -- shared --------------------------------------------------------------------------------
@@ -61,16 +123,31 @@ class OpenAIServing:
                            f"This server serves {self.bridge.model_name!r}.",
                            status=404, param="model", code="model_not_found")
 
-    def _sampling_options(self, req: dict) -> SamplingOptions:
+    def sampling_options(self, req: dict) -> SamplingOptions:
         if req["max_tokens"] > self.max_output_tokens:
-            raise APIError(f"max_tokens is too large: {req['max_tokens']}. This server allows at most "
-                           f"{self.max_output_tokens} completion tokens.", param="max_tokens")
+            param = "max_completion_tokens" if req.get("max_completion_tokens") is not None else "max_tokens"
+            raise APIError(f"{param} is too large: {req['max_tokens']}. This server allows at most "
+                           f"{self.max_output_tokens} completion tokens.", param=param)
+        response_format = req.get("response_format") or {}
+        json_schema = None
+        if response_format.get("type") == "json_schema":
+            json_schema = response_format["json_schema"]["schema"]
         return SamplingOptions(
             max_tokens=req["max_tokens"],
             temperature=req["temperature"],
             top_p=req["top_p"],
             frequency_penalty=req["frequency_penalty"],
             presence_penalty=req["presence_penalty"],
+            n=req["n"],
+            seed=req.get("seed"),
+            stop=req["stop"],
+            top_k=req["top_k"],
+            min_p=req["min_p"],
+            repetition_penalty=req["repetition_penalty"],
+            ignore_eos=req["ignore_eos"],
+            json_object=response_format.get("type") == "json_object",
+            json_schema=json_schema,
+            **self.extra_options(req),
         )
 
     def _check_prompt_length(self, prompt_tokens: int) -> None:
@@ -79,51 +156,51 @@ class OpenAIServing:
                            f"{self.max_prompt_tokens} prompt tokens.",
                            param=self.prompt_param, code="context_length_exceeded")
 
-    @property
-    def prompt_param(self) -> str:
-        return "prompt"
-
-    def _collect(self, stream: GenerationStream, header: dict, n: int) -> dict:
-        texts = [[] for _ in range(n)]
-        finish_reasons: list[str | None] = [None] * n
-        completion_tokens = 0
-        prompt_tokens = stream.prompt_tokens
+    def _collect(self, stream: GenerationStream, call: Call) -> dict:
+        choices = [Choice() for _ in range(len(call.prompts) * call.n)]
         try:
             for update in stream:
-                prompt_tokens = update.prompt_tokens or prompt_tokens
+                call.record(update)
                 for delta in update.choices:
-                    texts[delta.index].append(delta.text)
-                    completion_tokens += delta.token_count
+                    choice = choices[call.choice_index(update.prompt_index, delta.index)]
+                    choice.text.append(delta.text)
+                    if delta.logprobs:
+                        choice.logprobs.extend(delta.logprobs)
                     if delta.finish_reason:
-                        finish_reasons[delta.index] = delta.finish_reason
+                        choice.finish_reason = delta.finish_reason
         finally:
             stream.close()
         return {
-            **header,
-            "choices": [self.choice(i, "".join(texts[i]), finish_reasons[i]) for i in range(n)],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            **call.header,
+            "choices": [self.choice(call, i, i // call.n, c) for i, c in enumerate(choices)],
+            "usage": call.usage(),
         }
 
-    def _stream(self, stream: GenerationStream, header: dict, n: int) -> Iterator[str]:
-        header = {**header, "object": self.chunk_object_name}
+    def _stream(self, stream: GenerationStream, call: Call) -> Iterator[str]:
+        header = {**call.header, "object": self.chunk_object_name}
+        stream_options = call.req.get("stream_options") or {}
+        include_usage = stream_options.get("include_usage", False)
+        if include_usage:
+            header["usage"] = None
 
         def chunk(choices: list[dict]) -> str:
             return sse.event({**header, "choices": choices})
 
         try:
-            opening = self.opening_chunk_choices(n)
-            if opening:
-                yield chunk(opening)
+            for opening in self.opening_chunk_choices(call):
+                yield chunk([opening])
             for update in stream:
+                call.record(update)
                 for delta in update.choices:
-                    if delta.text:
-                        yield chunk([self.chunk_choice(delta.index, delta.text, None)])
+                    index = call.choice_index(update.prompt_index, delta.index)
+                    if delta.text or delta.logprobs:
+                        yield chunk([self.chunk_choice(call, index, update.prompt_index, delta.text,
+                                                       delta.logprobs, None)])
                     if delta.finish_reason:
-                        yield chunk([self.chunk_choice(delta.index, None, delta.finish_reason)])
+                        yield chunk([self.chunk_choice(call, index, update.prompt_index, None, None,
+                                                       delta.finish_reason)])
+            if include_usage:
+                yield sse.event({**header, "choices": [], "usage": call.usage()})
         except Exception as exc:
             # Headers are gone already: the error travels as an event, then the stream ends.
             yield sse.event(to_api_error(exc).body())
@@ -132,31 +209,49 @@ class OpenAIServing:
         yield sse.DONE
 
 
+def _bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8"))
+
+
 class ChatServing(OpenAIServing):
     schema = protocol.chat_completion_request
     id_prefix = "chatcmpl-"
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
+    prompt_param = "messages"
 
-    @property
-    def prompt_param(self) -> str:
-        return "messages"
-
-    def prompt_token_ids(self, req: dict) -> list[int]:
+    def prompts(self, req):
         messages = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
-        return self.bridge.render_chat(messages)
+        return [self.bridge.render_chat(messages)], [None]
 
-    def choice(self, index, text, finish_reason):
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": None, "finish_reason": finish_reason}
+    def extra_options(self, req):
+        if not req["logprobs"]:
+            return {}
+        return {"logprobs": req.get("top_logprobs") or 0}
 
-    def chunk_choice(self, index, text, finish_reason):
+    def _logprobs(self, call: Call, logprobs: list[TokenLogprob]) -> dict:
+        top_n = call.req.get("top_logprobs") or 0
+        return {"content": [{
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "bytes": _bytes(lp.token),
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": _bytes(t)} for t, v in lp.top[:top_n]],
+        } for lp in logprobs]}
+
+    def choice(self, call, index, prompt_index, choice):
+        return {"index": index, "message": {"role": "assistant", "content": "".join(choice.text)},
+                "logprobs": self._logprobs(call, choice.logprobs) if call.req["logprobs"] else None,
+                "finish_reason": choice.finish_reason}
+
+    def chunk_choice(self, call, index, prompt_index, text, logprobs, finish_reason):
         delta = {"content": text} if text is not None else {}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "delta": delta,
+                "logprobs": self._logprobs(call, logprobs) if logprobs else None,
+                "finish_reason": finish_reason}
 
-    def opening_chunk_choices(self, n):
+    def opening_chunk_choices(self, call):
         return [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                 "finish_reason": None} for i in range(n)]
+                 "finish_reason": None} for i in range(len(call.prompts) * call.n)]
 
 
 class CompletionServing(OpenAIServing):
@@ -165,11 +260,87 @@ class CompletionServing(OpenAIServing):
     object_name = "text_completion"
     chunk_object_name = "text_completion"
 
-    def prompt_token_ids(self, req: dict) -> list[int]:
-        return self.bridge.tokenize(req["prompt"])
+    def prompts(self, req):
+        prompts, texts = [], []
+        for prompt in req["prompt"]:
+            if isinstance(prompt, str):
+                prompts.append(self.bridge.tokenize(prompt))
+                texts.append(prompt)
+            else:
+                prompts.append(prompt)
+                texts.append(None)
+        return prompts, texts
 
-    def choice(self, index, text, finish_reason):
-        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+    def sampling_options(self, req):
+        options = super().sampling_options(req)
+        if req["max_tokens"] == 0:
+            # Echo without generation (scoring a text): vLLM needs one token, which is dropped.
+            options = replace(options, max_tokens=1)
+        return options
 
-    def chunk_choice(self, index, text, finish_reason):
-        return {"text": text or "", "index": index, "logprobs": None, "finish_reason": finish_reason}
+    def extra_options(self, req):
+        logprobs = req.get("logprobs")
+        extra = {"logprobs": logprobs}
+        if req["echo"] and logprobs is not None:
+            extra["prompt_logprobs"] = logprobs
+        return extra
+
+    def _prompt_text(self, call: Call, prompt_index: int) -> str:
+        text = call.prompt_texts[prompt_index]
+        return text if text is not None else self.bridge.detokenize(call.prompts[prompt_index])
+
+    def _prompt_token_logprobs(self, call: Call, prompt_index: int) -> list[TokenLogprob | None]:
+        """The prompt's tokens as TokenLogprobs; the first has no logprob (nothing precedes it)."""
+        prompt = call.prompts[prompt_index]
+        entries = call.prompt_logprobs.get(prompt_index) or [None] * len(prompt)
+        return [entry if entry is not None else TokenLogprob(self.bridge.token_text(token_id), None)
+                for token_id, entry in zip(prompt, entries)]
+
+    @staticmethod
+    def _logprobs(entries: list[TokenLogprob], offset: int) -> dict:
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        for entry in entries:
+            tokens.append(entry.token)
+            token_logprobs.append(entry.logprob)
+            top_logprobs.append(dict(entry.top) if entry.logprob is not None else None)
+            text_offset.append(offset)
+            offset += len(entry.token)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                "text_offset": text_offset}
+
+    def _generated(self, call: Call, text: str, logprobs: list[TokenLogprob]):
+        """Text and logprob entries of the generated part (none for echo with max_tokens 0)."""
+        return ("", []) if call.discard_generated else (text, logprobs)
+
+    def _finish_reason(self, call: Call, finish_reason: str | None) -> str | None:
+        return "length" if call.discard_generated and finish_reason else finish_reason
+
+    def _echo(self, call: Call, prompt_index: int) -> tuple[str, list[TokenLogprob]]:
+        """The prompt's text and, with logprobs, its token entries, for echo."""
+        entries = self._prompt_token_logprobs(call, prompt_index) if call.req.get("logprobs") is not None else []
+        return self._prompt_text(call, prompt_index), entries
+
+    def choice(self, call, index, prompt_index, choice):
+        text, entries = self._generated(call, "".join(choice.text), choice.logprobs)
+        if call.req["echo"]:
+            prefix, prefix_entries = self._echo(call, prompt_index)
+            text, entries = prefix + text, prefix_entries + entries
+        logprobs = self._logprobs(entries, 0) if call.req.get("logprobs") is not None else None
+        return {"text": text, "index": index, "logprobs": logprobs,
+                "finish_reason": self._finish_reason(call, choice.finish_reason)}
+
+    def chunk_choice(self, call, index, prompt_index, text, logprobs, finish_reason):
+        if finish_reason is not None:
+            return {"text": "", "index": index, "logprobs": None,
+                    "finish_reason": self._finish_reason(call, finish_reason)}
+        text, entries = self._generated(call, text or "", logprobs or [])
+        if call.req["echo"] and index not in call.echoed:
+            call.echoed.add(index)
+            prefix, prefix_entries = self._echo(call, prompt_index)
+            text, entries = prefix + text, prefix_entries + entries
+        logprobs_body = None
+        if call.req.get("logprobs") is not None:
+            offset = call.text_offsets.get(index, 0)
+            logprobs_body = self._logprobs(entries, offset)
+            call.text_offsets[index] = offset + sum(len(e.token) for e in entries)
+        return {"text": text, "index": index, "logprobs": logprobs_body, "finish_reason": None}

@@ -2,14 +2,7 @@
 
 import logging
 
-from engine_bridge.bridge import (
-    ChoiceDelta,
-    EngineBridge,
-    EngineState,
-    GenerationStream,
-    GenerationUpdate,
-    SamplingOptions,
-)
+from engine_bridge.bridge import EngineBridge, EngineState, GenerationStream
 from engine_bridge.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -18,6 +11,7 @@ from engine_bridge.errors import (
     RequestRejected,
 )
 from engine_bridge.settings import EngineSettings
+from engine_bridge.types import ChoiceDelta, GenerationUpdate, SamplingOptions, TokenLogprob
 
 __all__ = [
     "ChoiceDelta",
@@ -32,6 +26,7 @@ __all__ = [
     "GenerationUpdate",
     "RequestRejected",
     "SamplingOptions",
+    "TokenLogprob",
     "init_app",
     "install",
     "installed",

@@ -12,8 +12,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 
 # The C SimpleQueue: gevent's monkey-patching replaces queue.SimpleQueue but never _queue,
 # and this one must block a real OS thread, not a greenlet.
@@ -22,14 +21,11 @@ from _queue import Empty, SimpleQueue
 import gevent
 import gevent.queue
 
+from engine_bridge.conversion import client_errors, rejection, sampling_params, update_from_output
 from engine_bridge.engine import build_engine
-from engine_bridge.errors import (
-    ContextLengthExceeded,
-    EngineFailed,
-    EngineNotReady,
-    RequestRejected,
-)
+from engine_bridge.errors import ContextLengthExceeded, EngineFailed, EngineNotReady
 from engine_bridge.settings import EngineSettings
+from engine_bridge.types import GenerationUpdate, SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -44,66 +40,12 @@ class EngineState(str, enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Sampling parameters in plain Python; the bridge turns them into vLLM's SamplingParams."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    n: int = 1
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ChoiceDelta:
-    """What one choice gained in one engine step."""
-
-    index: int
-    text: str
-    token_count: int
-    finish_reason: str | None
-
-
-@dataclass(frozen=True)
-class GenerationUpdate:
-    """One engine step's output for one request."""
-
-    choices: list[ChoiceDelta]
-    prompt_tokens: int
-    finished: bool
-
-
-def _client_errors() -> tuple[type[BaseException], ...]:
-    """What vLLM raises for a request it refuses (as opposed to an engine fault)."""
-    from vllm.exceptions import VLLMClientError
-
-    return (ValueError, TypeError, VLLMClientError)
-
-
-def _rejection(exc: BaseException) -> RequestRejected:
-    message = str(exc)
-    param = getattr(exc, "parameter", None)
-    if param is not None:  # vLLM appends "(parameter=..., value=...)"; the param field says it
-        message = exc.args[0] if exc.args else message
-    return RequestRejected(message, param=param)
-
-
 def _start_os_thread(target: Callable[[], None], name: str) -> None:
     """Start target in a real OS thread, even after gevent has patched threading."""
-    try:
-        from gevent.monkey import get_original
+    from gevent.monkey import get_original
 
-        start_new_thread = get_original("_thread", "start_new_thread")
-    except ImportError:  # pragma: no cover - gevent is a hard dependency
-        import _thread
-
-        start_new_thread = _thread.start_new_thread
     log.debug("starting OS thread %s", name)
-    start_new_thread(target, ())
+    get_original("_thread", "start_new_thread")(target, ())
 
 
 class _Mailbox:
@@ -142,19 +84,28 @@ class _Mailbox:
 
 
 class GenerationStream:
-    """The updates of one request, consumed by the greenlet that submitted it.
+    """The updates of one request (one engine request per prompt), for the greenlet that made it.
 
-    Iterate it to get GenerationUpdates until the request finishes; an error from the engine
-    is raised from the iteration. Closing it early (client gone) aborts the engine request.
+    Iterate it to get GenerationUpdates until every prompt is finished; an error from the engine
+    is raised from the iteration. Closing it early (client gone) aborts what is still running.
     """
 
-    def __init__(self, bridge: "EngineBridge", request_id: str, prompt_tokens: int):
-        self.request_id = request_id
+    def __init__(self, bridge: "EngineBridge", request_ids: list[str], prompt_tokens: list[int]):
+        self.request_ids = request_ids
         self.prompt_tokens = prompt_tokens
         self.mailbox = _Mailbox.of_current_hub()
         self._bridge = bridge
         self._queue: gevent.queue.Queue = gevent.queue.Queue()
-        self._finished = False
+        self._unfinished = set(range(len(request_ids)))
+        self._failed = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request_ids[0]
+
+    @property
+    def finished(self) -> bool:
+        return self._failed or not self._unfinished
 
     def next_update(self, timeout: float | None = None) -> GenerationUpdate | None:
         """Wait for the next update; None if timeout passed first. Raises the engine's error."""
@@ -163,28 +114,25 @@ class GenerationStream:
         except gevent.queue.Empty:
             return None
         if isinstance(item, BaseException):
-            self._finished = True
+            self.close()
             raise item
         if item.finished:
-            self._finished = True
+            self._unfinished.discard(item.prompt_index)
         return item
 
     def __iter__(self) -> Iterator[GenerationUpdate]:
-        while not self._finished:
+        while not self.finished:
             yield self.next_update()
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
     def close(self) -> None:
-        """Abort the engine request unless it already finished."""
-        if not self._finished:
-            self._finished = True
-            self._bridge.abort(self.request_id)
+        """Abort the engine requests that have not finished (a no-op once all have)."""
+        if self._unfinished:
+            self._bridge.abort([self.request_ids[i] for i in sorted(self._unfinished)])
+            self._unfinished.clear()
+        self._failed = True
 
     def _deliver(self, item: "GenerationUpdate | BaseException") -> None:
-        # Runs in the hub that owns this stream (or the stream's own greenlet), never in the engine thread.
+        # Runs in the hub that owns this stream, or in its own greenlet; never in the engine thread.
         self._queue.put_nowait(item)
 
 
@@ -203,7 +151,8 @@ class EngineBridge:
         self._engine = None
         self._tokenizer = None
         self._inbox: SimpleQueue = SimpleQueue()
-        self._streams: dict[str, GenerationStream] = {}  # engine thread only
+        # request id -> (stream, prompt index); touched by the engine thread only.
+        self._streams: dict[str, tuple[GenerationStream, int]] = {}
         self._ids = itertools.count()
         self._state = EngineState.LOADING
         self.failure: BaseException | None = None
@@ -224,8 +173,9 @@ class EngineBridge:
     def load(self, keepalive: Callable[[], None] | None = None, keepalive_interval: float = 1.0) -> None:
         """Build the engine and start its thread; calls keepalive() while waiting, if given.
 
-        gunicorn calls this from post_fork with the worker's heartbeat as keepalive, so a model
-        that takes minutes to load does not get the worker killed for missing heartbeats.
+        gunicorn calls this from post_fork (before gevent patches threading) with the worker's
+        heartbeat as keepalive, so a model that takes minutes to load does not get the worker
+        killed for missing heartbeats.
         """
         if keepalive is None:
             self._build()
@@ -240,10 +190,7 @@ class EngineBridge:
 
     def load_in_background(self) -> None:
         """Build the engine in a real OS thread and return at once (state stays LOADING until done)."""
-        _start_os_thread(self._build_quietly, "engine-loader")
-
-    def _build_quietly(self) -> None:
-        self._build()
+        _start_os_thread(self._build, "engine-loader")
 
     def _build(self) -> None:
         try:
@@ -299,30 +246,43 @@ class EngineBridge:
         self._require_ready()
         return self._tokenizer.encode(text)
 
-    def generate(self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str | None = None) -> GenerationStream:
-        """Submit a request to the engine thread and return the stream of its updates."""
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of token_ids."""
         self._require_ready()
-        prompt_tokens = len(prompt_token_ids)
-        if prompt_tokens + options.max_tokens > self.max_model_len:
-            raise ContextLengthExceeded(prompt_tokens, options.max_tokens, self.max_model_len)
-        params = self._sampling_params(options)
-        request_id = f"{request_id or 'req'}-{next(self._ids)}"
-        stream = GenerationStream(self, request_id, prompt_tokens)
-        self._inbox.put(("add", stream, {"prompt_token_ids": list(prompt_token_ids)}, params))
+        return self._tokenizer.decode(list(token_ids))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token on its own."""
+        return self.detokenize([token_id])
+
+    def generate(self, prompts: Sequence[Sequence[int]], options: SamplingOptions,
+                 request_id: str | None = None) -> GenerationStream:
+        """Submit one engine request per prompt (token ids) and return the stream of their updates."""
+        self._require_ready()
+        lengths = [len(p) for p in prompts]
+        for length in lengths:
+            if length + options.max_tokens > self.max_model_len:
+                raise ContextLengthExceeded(length, options.max_tokens, self.max_model_len)
+        params = sampling_params(options)
+        base = f"{request_id or 'req'}-{next(self._ids)}"
+        request_ids = [base] if len(prompts) == 1 else [f"{base}-{i}" for i in range(len(prompts))]
+        stream = GenerationStream(self, request_ids, lengths)
+        for index, prompt in enumerate(prompts):
+            self._inbox.put(("add", stream, index, {"prompt_token_ids": list(prompt)}, params))
         if self._state is EngineState.FAILED:
             # The thread may have died after the check above and never read the inbox.
             stream._deliver(EngineFailed("the engine stopped"))
         return stream
 
+    def abort(self, request_ids: list[str]) -> None:
+        """Ask the engine thread to abort requests (a no-op for those already finished)."""
+        if self._state in (EngineState.READY, EngineState.DRAINING):
+            self._inbox.put(("abort", request_ids))
+
     def unfinished_requests(self) -> int:
         """How many requests the engine holds right now (running or waiting)."""
         engine = self._engine
         return engine.get_num_unfinished_requests() if engine is not None else 0
-
-    def abort(self, request_id: str) -> None:
-        """Ask the engine thread to abort a request (a no-op once it finished)."""
-        if self._state in (EngineState.READY, EngineState.DRAINING):
-            self._inbox.put(("abort", request_id))
 
     def _require_ready(self) -> None:
         if self._state is EngineState.READY:
@@ -330,27 +290,6 @@ class EngineBridge:
         if self._state is EngineState.FAILED:
             raise EngineFailed("the engine has failed; see the server log")
         raise EngineNotReady(f"the engine is {self._state.value}")
-
-    @staticmethod
-    def _sampling_params(options: SamplingOptions):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        try:
-            return SamplingParams(
-                n=options.n,
-                max_tokens=options.max_tokens,
-                temperature=options.temperature,
-                top_p=options.top_p,
-                frequency_penalty=options.frequency_penalty,
-                presence_penalty=options.presence_penalty,
-                seed=options.seed,
-                stop=list(options.stop) or None,
-                # Only the new tokens of each step: the bridge never re-sends the text so far.
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except _client_errors() as exc:
-            raise _rejection(exc) from exc
 
     # -- engine thread ----------------------------------------------------------------------
 
@@ -389,36 +328,37 @@ class EngineBridge:
             except Empty:
                 return True
 
-    def _add(self, stream: GenerationStream, prompt: dict, params) -> None:
-        if stream.finished:  # closed before the engine saw it
+    def _add(self, stream: GenerationStream, index: int, prompt: dict, params) -> None:
+        if stream.finished:  # closed, or another prompt of it failed, before the engine saw it
             return
+        request_id = stream.request_ids[index]
         try:
-            self._engine.add_request(stream.request_id, prompt, params)
-        except _client_errors() as exc:
-            self._send([(stream, _rejection(exc))])
+            self._engine.add_request(request_id, prompt, params)
+        except client_errors() as exc:
+            self._send([(stream, rejection(exc))])
             return
-        self._streams[stream.request_id] = stream
+        self._streams[request_id] = (stream, index)
 
-    def _abort(self, request_id: str) -> None:
-        if self._streams.pop(request_id, None) is not None:
-            self._engine.abort_request([request_id])
+    def _abort(self, request_ids: list[str]) -> None:
+        known = [rid for rid in request_ids if self._streams.pop(rid, None) is not None]
+        if known:
+            self._engine.abort_request(known)
 
     def _publish(self, outputs: list) -> None:
         items = []
         for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is None:  # aborted while this step ran
+            entry = self._streams.get(output.request_id)
+            if entry is None:  # aborted while this step ran
                 continue
             if output.finished:
                 del self._streams[output.request_id]
-            choices = [
-                ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason) for c in output.outputs
-            ]
-            items.append((stream, GenerationUpdate(choices, len(output.prompt_token_ids or ()), output.finished)))
+            stream, index = entry
+            items.append((stream, update_from_output(output, index)))
         self._send(items)
 
     def _fail_all(self, error: BaseException) -> None:
-        streams = list(self._streams.values())
+        request_ids = list(self._streams)
+        streams = {id(s): s for s, _ in self._streams.values()}
         self._streams.clear()
         while True:  # requests still in the inbox fail too
             try:
@@ -426,14 +366,13 @@ class EngineBridge:
             except Empty:
                 break
             if command[0] == "add":
-                streams.append(command[1])
-        for stream in streams:
-            if self._engine is not None and not isinstance(error, EngineFailed):
-                try:
-                    self._engine.abort_request([stream.request_id])
-                except Exception:
-                    log.exception("abort during shutdown failed")
-        self._send([(stream, error) for stream in streams])
+                streams[id(command[1])] = command[1]
+        if request_ids and not isinstance(error, EngineFailed):
+            try:
+                self._engine.abort_request(request_ids)
+            except Exception:
+                log.exception("abort during shutdown failed")
+        self._send([(stream, error) for stream in streams.values()])
 
     @staticmethod
     def _send(items: list) -> None:

@@ -84,10 +84,12 @@ class StandInEngine:
                         finish = "length"
                     req["produced"][index] = None if finish else produced
                     completions.append(SimpleNamespace(index=index, text=text, token_ids=[produced],
-                                                       finish_reason=finish))
+                                                       finish_reason=finish, stop_reason=None,
+                                                       logprobs=None))
                 finished = all(p is None for p in req["produced"])
                 if finished:
                     del self.requests[request_id]
                 outputs.append(SimpleNamespace(request_id=request_id, outputs=completions,
-                                               finished=finished, prompt_token_ids=req["prompt"]))
+                                               finished=finished, prompt_token_ids=req["prompt"],
+                                               prompt_logprobs=None))
         return outputs

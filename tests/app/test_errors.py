@@ -77,6 +77,26 @@ def test_unknown_model_is_a_404(client):
     (chat_body(presence_penalty=2.1), "presence_penalty"),
     (chat_body(stream="yes"), "stream"),
     (chat_body(model=7), "model"),
+    (chat_body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role"),
+    (chat_body(n=0), "n"),
+    (chat_body(n=17), "n"),
+    (chat_body(stop=["a", "b", "c", "d", "e"]), "stop"),
+    (chat_body(stop=[1]), "stop"),
+    (chat_body(seed="42"), "seed"),
+    (chat_body(logprobs=3), "logprobs"),
+    (chat_body(logprobs=True, top_logprobs=21), "top_logprobs"),
+    (chat_body(top_logprobs=2), "top_logprobs"),
+    (chat_body(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
+    (chat_body(stream_options={"include_usage": True}), "stream_options"),
+    (chat_body(response_format={"type": "xml"}), "response_format.type"),
+    (chat_body(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+     "response_format.json_schema.schema"),
+    (chat_body(max_completion_tokens=0), "max_completion_tokens"),
+    (chat_body(top_k=-2), "top_k"),
+    (chat_body(min_p=1.5), "min_p"),
+    (chat_body(repetition_penalty=0), "repetition_penalty"),
+    (chat_body(ignore_eos="no"), "ignore_eos"),
+    (chat_body(user=5), "user"),
 ])
 def test_invalid_chat_fields_name_the_param(client, body, param):
     error = assert_envelope(client.post(CHAT, json=body), 400, param=param)
@@ -87,6 +107,11 @@ def test_invalid_chat_fields_name_the_param(client, body, param):
     ({"model": STAND_IN_MODEL}, "prompt"),
     ({"model": STAND_IN_MODEL, "prompt": 12}, "prompt"),
     ({"model": STAND_IN_MODEL, "prompt": "x", "temperature": -0.1}, "temperature"),
+    ({"model": STAND_IN_MODEL, "prompt": [[1, "a"]]}, "prompt"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "logprobs": True}, "logprobs"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "echo": 1}, "echo"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens"),
 ])
 def test_invalid_completion_fields_name_the_param(client, body, param):
     assert_envelope(client.post("/v1/completions", json=body), 400, param=param)
@@ -96,6 +121,12 @@ def test_max_tokens_over_the_server_limit_is_a_400(make_client):
     client = make_client(MAX_OUTPUT_TOKENS=100)
     error = assert_envelope(client.post(CHAT, json=chat_body(max_tokens=101)), 400, param="max_tokens")
     assert "100" in error["message"]
+    assert_envelope(client.post(CHAT, json=chat_body(max_completion_tokens=101)), 400,
+                    param="max_completion_tokens")
+
+
+def test_the_default_output_limit_is_4096(client):
+    assert_envelope(client.post(CHAT, json=chat_body(max_tokens=4097)), 400, param="max_tokens")
 
 
 def test_prompt_over_the_context_is_a_400_with_the_counts(client):

@@ -46,7 +46,77 @@ def test_temperature_range_is_inclusive(value):
     assert chat_completion_request.load({"model": "m", "messages": MESSAGES, "temperature": value})["temperature"] == value
 
 
-@pytest.mark.parametrize("value", [1, True, None, ["a"]])
-def test_prompt_must_be_a_string(value):
-    with pytest.raises(ValidationError):
+@pytest.mark.parametrize("value, loaded", [
+    ("Once", ["Once"]),
+    (["a", "b"], ["a", "b"]),
+    ([1, 2, 3], [[1, 2, 3]]),
+    ([[1, 2], [3]], [[1, 2], [3]]),
+    (["a", [1]], ["a", [1]]),
+])
+def test_prompt_forms(value, loaded):
+    assert completion_request.load({"model": "m", "prompt": value})["prompt"] == loaded
+
+
+@pytest.mark.parametrize("value", [1, True, None, [], [[]], [1.5], [-1], [True], [["a"]], {"a": 1}])
+def test_invalid_prompts_are_refused(value):
+    with pytest.raises(ValidationError) as info:
         completion_request.load({"model": "m", "prompt": value})
+    assert "prompt" in info.value.messages
+
+
+def test_too_many_prompts_are_refused():
+    with pytest.raises(ValidationError):
+        completion_request.load({"model": "m", "prompt": ["x"] * 129})
+
+
+@pytest.mark.parametrize("value, loaded", [("END", ("END",)), (["a", "b"], ("a", "b")), (None, ())])
+def test_stop_forms(value, loaded):
+    assert chat_completion_request.load({"model": "m", "messages": MESSAGES, "stop": value})["stop"] == loaded
+
+
+@pytest.mark.parametrize("value", [["a", "b", "c", "d", "e"], [1], 5, [""]])
+def test_invalid_stop_is_refused(value):
+    with pytest.raises(ValidationError) as info:
+        chat_completion_request.load({"model": "m", "messages": MESSAGES, "stop": value})
+    assert "stop" in info.value.messages
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    req = chat_completion_request.load({"model": "m", "messages": MESSAGES, "max_tokens": 5,
+                                        "max_completion_tokens": 9})
+    assert req["max_tokens"] == 9
+
+
+def test_top_logprobs_needs_logprobs():
+    with pytest.raises(ValidationError) as info:
+        chat_completion_request.load({"model": "m", "messages": MESSAGES, "top_logprobs": 2})
+    assert "top_logprobs" in info.value.messages
+
+
+def test_stream_options_need_stream():
+    with pytest.raises(ValidationError) as info:
+        chat_completion_request.load({"model": "m", "messages": MESSAGES,
+                                      "stream_options": {"include_usage": True}})
+    assert "stream_options" in info.value.messages
+
+
+def test_json_schema_format_needs_a_schema():
+    with pytest.raises(ValidationError) as info:
+        chat_completion_request.load({"model": "m", "messages": MESSAGES,
+                                      "response_format": {"type": "json_schema"}})
+    assert "response_format" in info.value.messages
+
+
+def test_max_tokens_zero_only_with_echo():
+    with pytest.raises(ValidationError):
+        completion_request.load({"model": "m", "prompt": "x", "max_tokens": 0})
+    assert completion_request.load({"model": "m", "prompt": "x", "max_tokens": 0, "echo": True})["max_tokens"] == 0
+
+
+def test_user_is_accepted():
+    assert chat_completion_request.load({"model": "m", "messages": MESSAGES, "user": "u-1"})["user"] == "u-1"
+
+
+def test_vllm_extensions_have_neutral_defaults():
+    req = completion_request.load({"model": "m", "prompt": "x"})
+    assert (req["top_k"], req["min_p"], req["repetition_penalty"], req["ignore_eos"]) == (0, 0.0, 1.0, False)

@@ -129,3 +129,55 @@ def test_a_client_that_leaves_a_stream_aborts_the_request(make_client):
         gevent.sleep(0.01)
     assert len(engine.aborted) == 1
     assert not engine.has_unfinished_requests()
+
+
+def test_n_choices_each_get_an_index(client):
+    body = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 50, "n": 3,
+                                   "messages": [{"role": "user", "content": "x"}]}).get_json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == DEFAULT_ANSWER for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == 3 * len(DEFAULT_ANSWER.split())
+
+
+def test_n_choices_stream_each_with_role_and_finish_chunks(client):
+    response = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 50, "n": 2, "stream": True,
+                                       "messages": [{"role": "user", "content": "x"}]})
+    chunks = events_of(response)
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(c["delta"].get("content", "") for c in mine) == DEFAULT_ANSWER
+        assert [c["finish_reason"] for c in mine].count("stop") == 1
+        assert mine[-1]["finish_reason"] == "stop"
+
+
+def test_stream_include_usage_adds_a_last_chunk_with_the_totals(client):
+    response = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 3, "stream": True,
+                                       "stream_options": {"include_usage": True},
+                                       "messages": [{"role": "user", "content": "x"}]})
+    chunks = events_of(response)
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last["choices"] == []
+    assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+
+
+def test_stream_without_include_usage_has_no_usage_field(client):
+    response = client.post(CHAT, json={"model": STAND_IN_MODEL, "max_tokens": 3, "stream": True,
+                                       "messages": [{"role": "user", "content": "x"}]})
+    assert all("usage" not in c for c in events_of(response))
+
+
+def test_a_list_of_prompts_gives_one_choice_per_prompt_in_order(client):
+    body = client.post("/v1/completions", json={"model": STAND_IN_MODEL, "max_tokens": 2, "n": 2,
+                                                 "prompt": ["one", "two words", [7, 7, 7]]}).get_json()
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    assert all(c["text"] == "Hello from" for c in body["choices"])
+    assert body["usage"]["prompt_tokens"] == 1 + 2 + 3
+    assert body["usage"]["completion_tokens"] == 6 * 2
+
+
+def test_echo_prepends_the_prompt(client):
+    body = client.post("/v1/completions", json={"model": STAND_IN_MODEL, "max_tokens": 2, "echo": True,
+                                                 "prompt": "Once upon"}).get_json()
+    assert body["choices"][0]["text"] == "Once uponHello from"

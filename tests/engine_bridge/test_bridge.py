@@ -30,7 +30,7 @@ def collect(stream):
 
 
 def test_generate_delivers_every_token_in_order_then_finishes(stand_in_bridge):
-    stream = stand_in_bridge.generate([1, 2, 3], SamplingOptions(max_tokens=50))
+    stream = stand_in_bridge.generate([[1, 2, 3]], SamplingOptions(max_tokens=50))
     text, finish = collect(stream)
     assert text == DEFAULT_ANSWER
     assert finish == "stop"
@@ -38,19 +38,19 @@ def test_generate_delivers_every_token_in_order_then_finishes(stand_in_bridge):
 
 
 def test_max_tokens_ends_with_length(stand_in_bridge):
-    text, finish = collect(stand_in_bridge.generate([1], SamplingOptions(max_tokens=2)))
+    text, finish = collect(stand_in_bridge.generate([[1]], SamplingOptions(max_tokens=2)))
     assert text == "Hello from"
     assert finish == "length"
 
 
 def test_updates_report_the_prompt_length(stand_in_bridge):
-    stream = stand_in_bridge.generate([5, 5, 5, 5], SamplingOptions(max_tokens=3))
+    stream = stand_in_bridge.generate([[5, 5, 5, 5]], SamplingOptions(max_tokens=3))
     assert {update.prompt_tokens for update in stream} == {4}
 
 
 def test_engine_steps_run_in_one_real_os_thread(stand_in_bridge):
     for _ in range(3):
-        collect(stand_in_bridge.generate([1], SamplingOptions(max_tokens=3)))
+        collect(stand_in_bridge.generate([[1]], SamplingOptions(max_tokens=3)))
     threads = stand_in_bridge.engine_for_tests.step_threads
     assert len(threads) == 1
     assert threads != {threading.get_ident()}
@@ -69,7 +69,7 @@ def test_waiting_greenlets_keep_running_while_the_engine_steps():
 
         ticking = gevent.spawn(ticker)
         started = time.monotonic()
-        collect(bridge.generate([1], SamplingOptions(max_tokens=30)))
+        collect(bridge.generate([[1]], SamplingOptions(max_tokens=30)))
         elapsed = time.monotonic() - started
         ticking.kill()
         # 30 steps of 20 ms: the ticker must have run throughout, not only at the end.
@@ -82,14 +82,14 @@ def test_waiting_greenlets_keep_running_while_the_engine_steps():
 
 
 def test_concurrent_requests_each_get_their_own_text(stand_in_bridge):
-    streams = [stand_in_bridge.generate([i + 1], SamplingOptions(max_tokens=50)) for i in range(8)]
+    streams = [stand_in_bridge.generate([[i + 1]], SamplingOptions(max_tokens=50)) for i in range(8)]
     results = [gevent.spawn(collect, s) for s in streams]
     gevent.joinall(results, raise_error=True)
     assert [g.value for g in results] == [(DEFAULT_ANSWER, "stop")] * 8
 
 
 def test_n_choices_arrive_with_their_index(stand_in_bridge):
-    stream = stand_in_bridge.generate([1], SamplingOptions(max_tokens=50, n=3))
+    stream = stand_in_bridge.generate([[1]], SamplingOptions(max_tokens=50, n=3))
     texts = {}
     for update in stream:
         for choice in update.choices:
@@ -101,7 +101,7 @@ def test_closing_a_stream_aborts_its_engine_request():
     engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.005, max_model_len=4096)
     bridge = make_stand_in_bridge(engine)
     try:
-        stream = bridge.generate([1], SamplingOptions(max_tokens=1000))
+        stream = bridge.generate([[1]], SamplingOptions(max_tokens=1000))
         stream.next_update()
         stream.close()
         deadline = time.monotonic() + 2
@@ -110,22 +110,22 @@ def test_closing_a_stream_aborts_its_engine_request():
         assert engine.aborted == [stream.request_id]
         assert not engine.has_unfinished_requests()
         # The engine goes on serving others.
-        assert collect(bridge.generate([1], SamplingOptions(max_tokens=2)))[0] == "w w"
+        assert collect(bridge.generate([[1]], SamplingOptions(max_tokens=2)))[0] == "w w"
     finally:
         bridge.shutdown()
 
 
 def test_prompt_plus_max_tokens_over_the_context_is_refused(stand_in_bridge):
     with pytest.raises(ContextLengthExceeded) as info:
-        stand_in_bridge.generate([1] * 250, SamplingOptions(max_tokens=10))
+        stand_in_bridge.generate([[1] * 250], SamplingOptions(max_tokens=10))
     assert "256" in str(info.value) and "250" in str(info.value)
 
 
 def test_a_request_the_engine_rejects_fails_alone():
     bridge = make_stand_in_bridge(StandInEngine(reject_prompt_len=2))
     try:
-        good = bridge.generate([1], SamplingOptions(max_tokens=50))
-        bad = bridge.generate([1, 1], SamplingOptions(max_tokens=50))
+        good = bridge.generate([[1]], SamplingOptions(max_tokens=50))
+        bad = bridge.generate([[1, 1]], SamplingOptions(max_tokens=50))
         with pytest.raises(RequestRejected):
             collect(bad)
         assert collect(good) == (DEFAULT_ANSWER, "stop")
@@ -136,20 +136,20 @@ def test_a_request_the_engine_rejects_fails_alone():
 
 def test_invalid_sampling_values_are_rejected_before_reaching_the_engine(stand_in_bridge):
     with pytest.raises(RequestRejected):
-        stand_in_bridge.generate([1], SamplingOptions(max_tokens=5, temperature=-1.0))
+        stand_in_bridge.generate([[1]], SamplingOptions(max_tokens=5, temperature=-1.0))
     assert stand_in_bridge.engine_for_tests.added == []
 
 
 def test_an_engine_failure_ends_every_stream_and_marks_the_bridge_failed():
     bridge = make_stand_in_bridge(StandInEngine(fail_after_steps=2, step_delay=0.01))
     try:
-        streams = [bridge.generate([1], SamplingOptions(max_tokens=50)) for _ in range(3)]
+        streams = [bridge.generate([[1]], SamplingOptions(max_tokens=50)) for _ in range(3)]
         for stream in streams:
             with pytest.raises(EngineFailed):
                 collect(stream)
         assert bridge.state is EngineState.FAILED
         with pytest.raises(EngineFailed):
-            bridge.generate([1], SamplingOptions())
+            bridge.generate([[1]], SamplingOptions())
     finally:
         bridge.shutdown()
 
@@ -158,7 +158,7 @@ def test_requests_before_the_engine_is_ready_are_refused():
     bridge = make_stand_in_bridge(load=False)
     assert bridge.state is EngineState.LOADING
     with pytest.raises(EngineNotReady):
-        bridge.generate([1], SamplingOptions())
+        bridge.generate([[1]], SamplingOptions())
 
 
 def test_a_failed_load_is_reported_not_raised_in_background():
@@ -195,7 +195,7 @@ def test_load_keeps_the_heartbeat_going_while_the_model_loads():
 def test_shutdown_ends_streams_in_flight_and_stops_the_thread():
     engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.005, max_model_len=4096)
     bridge = make_stand_in_bridge(engine)
-    stream = bridge.generate([1], SamplingOptions(max_tokens=1000))
+    stream = bridge.generate([[1]], SamplingOptions(max_tokens=1000))
     stream.next_update()
     bridge.shutdown()
     with pytest.raises(EngineNotReady):
@@ -205,8 +205,35 @@ def test_shutdown_ends_streams_in_flight_and_stops_the_thread():
 
 
 def test_draining_refuses_new_requests_but_finishes_old_ones(stand_in_bridge):
-    stream = stand_in_bridge.generate([1], SamplingOptions(max_tokens=50))
+    stream = stand_in_bridge.generate([[1]], SamplingOptions(max_tokens=50))
     stand_in_bridge.begin_drain()
     with pytest.raises(EngineNotReady):
-        stand_in_bridge.generate([1], SamplingOptions())
+        stand_in_bridge.generate([[1]], SamplingOptions())
     assert collect(stream) == (DEFAULT_ANSWER, "stop")
+
+
+def test_several_prompts_run_as_one_stream_tagged_by_prompt_index(stand_in_bridge):
+    stream = stand_in_bridge.generate([[1], [2, 2], [3, 3, 3]], SamplingOptions(max_tokens=2))
+    texts, prompt_tokens = {}, {}
+    for update in stream:
+        prompt_tokens[update.prompt_index] = update.prompt_tokens
+        for choice in update.choices:
+            texts[update.prompt_index] = texts.get(update.prompt_index, "") + choice.text
+    assert texts == {0: "Hello from", 1: "Hello from", 2: "Hello from"}
+    assert prompt_tokens == {0: 1, 1: 2, 2: 3}
+    assert len(set(stream.request_ids)) == 3
+
+
+def test_closing_a_several_prompt_stream_aborts_every_prompt():
+    engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.005, max_model_len=4096)
+    bridge = make_stand_in_bridge(engine)
+    try:
+        stream = bridge.generate([[1], [2]], SamplingOptions(max_tokens=1000))
+        stream.next_update()
+        stream.close()
+        deadline = time.monotonic() + 2
+        while engine.has_unfinished_requests() and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert sorted(engine.aborted) == sorted(stream.request_ids)
+    finally:
+        bridge.shutdown()

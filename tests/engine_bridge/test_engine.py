@@ -11,7 +11,7 @@ CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France?"
 
 def generate_text(bridge, prompt_ids, **options):
     text, finish, tokens, prompt_tokens = [], None, 0, None
-    for update in bridge.generate(prompt_ids, SamplingOptions(**options)):
+    for update in bridge.generate([prompt_ids], SamplingOptions(**options)):
         prompt_tokens = update.prompt_tokens
         for choice in update.choices:
             text.append(choice.text)
@@ -49,7 +49,7 @@ def test_concurrent_requests_match_their_solo_answers(real_bridge):
 
 def test_closing_a_stream_frees_the_engine(real_bridge):
     prompt = real_bridge.tokenize("Count from one to one thousand: one, two, three,")
-    streams = [real_bridge.generate(prompt, SamplingOptions(max_tokens=2000, temperature=1.0, seed=i))
+    streams = [real_bridge.generate([prompt], SamplingOptions(max_tokens=2000, temperature=1.0, seed=i))
                for i in range(3)]
     for stream in streams:
         stream.next_update()
