@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 # The stamp names the requirements' hash: editing a requirements file reinstalls.
 INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha1sum | cut -c1-12)
 
-.PHONY: install model serve test clean
+.PHONY: install model serve test clean system-packages
 
 install: $(INSTALLED)
 
@@ -42,7 +42,12 @@ serve: model
 	@echo "==> starting gunicorn on http://$(HOST):$(PORT) (the engine loads first; /health says when it is ready)"
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: model
+# The tests start a real redis-server (shared rate limits); Debian's package, installed once.
+system-packages:
+	@command -v redis-server >/dev/null || { echo "==> installing redis-server (Debian package)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+
+test: model system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 clean:

@@ -22,6 +22,8 @@ timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG", "-")
+# gunicorn's default access log line plus the request id the app put on the response.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s %(L)ss'
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 

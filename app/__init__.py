@@ -6,7 +6,7 @@ import time
 from flask import Flask
 
 import engine_bridge
-from app import errors
+from app import errors, guards
 from app.config import Config
 from app.routes import register_blueprints
 from app.serving import ChatServing, CompletionServing
@@ -27,9 +27,12 @@ def create_app(config: dict | None = None) -> Flask:
 
     app.extensions["started_at"] = time.time()
     bridge = engine_bridge.init_app(app, app.config["ENGINE_BRIDGE"])
-    app.extensions["serving_chat"] = ChatServing(bridge, app.config)
-    app.extensions["serving_completion"] = CompletionServing(bridge, app.config)
+    concurrency = guards.ConcurrencyLimit(app.config["MAX_CONCURRENT"])
+    app.extensions["concurrency"] = concurrency
+    app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
+    app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
 
     errors.init_app(app)
+    guards.init_app(app)
     register_blueprints(app)
     return app

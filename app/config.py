@@ -17,6 +17,19 @@ class Config:
     MAX_OUTPUT_TOKENS = _int("MAX_OUTPUT_TOKENS", 4096)
     # Request bodies above this many bytes get a 413 before they are parsed.
     MAX_CONTENT_LENGTH = _int("MAX_REQUEST_BYTES", 4 * 1024 * 1024)
+    # Requests per client (API key, else address) and window, in flask-limiter's notation.
+    RATE_LIMIT = os.environ.get("RATE_LIMIT") or "1000/minute"
+    # memory:// counts per worker; redis://host:port/db shares one budget across replicas.
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI") or "memory://"
+    # Comma-separated keys and/or a file of keys, one per line; none means an open server.
+    API_KEYS = os.environ.get("API_KEYS", "")
+    API_KEYS_FILE = os.environ.get("API_KEYS_FILE", "")
+    # Generations running at once; the next request gets an immediate 429.
+    MAX_CONCURRENT = _int("MAX_CONCURRENT", 100)
+    # Proxies in front that set X-Forwarded-For (1 behind one nginx); 0 trusts no such header.
+    TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
+    # Seconds between `: keep-alive` comments while a stream waits for its first or next token.
+    SSE_KEEPALIVE_SECONDS = float(os.environ.get("SSE_KEEPALIVE_SECONDS") or 15)
     # Keep the JSON we send compact and in insertion order.
     JSON_SORT_KEYS = False
     # An EngineBridge to use instead of the process's own (tests pass a stand-in here).

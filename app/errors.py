@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import has_request_context, jsonify, request
+from flask import g, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -94,6 +94,9 @@ def _from_http_exception(exc: HTTPException) -> APIError:
     if status == 405:
         return APIError(f"Method {request.method} is not allowed for {request.path}", status=405,
                         code="method_not_allowed")
+    if status == 429:
+        return APIError(f"Rate limit reached ({exc.description}). Please retry after the time in Retry-After.",
+                        status=429, type="requests", code="rate_limit_exceeded")
     if status == 413:
         return APIError("The request body is too large.", status=413, code="request_too_large")
     if status == 400:
@@ -118,6 +121,8 @@ def error_response(exc: BaseException):
     response = jsonify(error.body())
     response.status_code = error.status
     response.headers.update(error.headers)
+    # Kept for guards.tag_response, which runs after the rate limiter rewrites headers.
+    g.error_headers = error.headers
     return response
 
 

@@ -3,13 +3,14 @@
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from engine_bridge import EngineBridge, GenerationStream, GenerationUpdate, SamplingOptions, TokenLogprob
 
 from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
+from app.guards import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,19 @@ class OpenAIServing:
     chunk_object_name = ""
     prompt_param = "prompt"
 
-    def __init__(self, bridge: EngineBridge, config):
+    def __init__(self, bridge: EngineBridge, config, concurrency: ConcurrencyLimit):
         self.bridge = bridge
+        self.concurrency = concurrency
         self.max_prompt_tokens = config["MAX_PROMPT_TOKENS"]
         self.max_output_tokens = config["MAX_OUTPUT_TOKENS"]
+        self.keepalive_seconds = config["SSE_KEEPALIVE_SECONDS"]
 
-    def create(self, body: dict) -> dict | Iterator[str]:
-        """The response body for body, or an iterator of SSE events when it asks to stream."""
+    def create(self, body: dict, request_id: str | None = None) -> "dict | EventStream":
+        """The response body for body, or the SSE events when it asks to stream.
+
+        A generation holds one of the concurrency slots until its response is complete (or its
+        client gone); request_id becomes the prefix of its engine request ids.
+        """
         req = self.schema.load(body)
         unknown = set(body) - set(self.schema.fields)
         if unknown:
@@ -85,14 +92,22 @@ class OpenAIServing:
         for prompt in prompts:
             self._check_prompt_length(len(prompt))
         response_id = f"{self.id_prefix}{uuid.uuid4().hex}"
-        stream = self.bridge.generate(prompts, options, request_id=response_id)
         header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
                   "model": req["model"]}
         call = Call(req, header, prompts, prompt_texts, options.n,
                     discard_generated=req["max_tokens"] == 0)
+        self.concurrency.acquire()
+        try:
+            stream = self.bridge.generate(prompts, options, request_id=request_id or response_id)
+        except BaseException:
+            self.concurrency.release()
+            raise
         if req["stream"]:
-            return self._stream(stream, call)
-        return self._collect(stream, call)
+            return EventStream(self._stream(stream, call), stream, self.concurrency.release)
+        try:
+            return self._collect(stream, call)
+        finally:
+            self.concurrency.release()
 
     # -- per endpoint --------------------------------------------------------------------------
 
@@ -189,7 +204,12 @@ class OpenAIServing:
         try:
             for opening in self.opening_chunk_choices(call):
                 yield chunk([opening])
-            for update in stream:
+            while not stream.finished:
+                update = stream.next_update(timeout=self.keepalive_seconds)
+                if update is None:
+                    # Nothing yet (queued, or a long prefill): tell proxies the stream is alive.
+                    yield sse.KEEPALIVE
+                    continue
                 call.record(update)
                 for delta in update.choices:
                     index = call.choice_index(update.prompt_index, delta.index)
@@ -207,6 +227,33 @@ class OpenAIServing:
         finally:
             stream.close()
         yield sse.DONE
+
+
+class EventStream:
+    """The SSE events of a streaming response, and what must happen when it ends for any reason.
+
+    The WSGI server calls close() when the response is done or the client went away, even if
+    iteration never started; that aborts the engine request and frees the concurrency slot.
+    """
+
+    def __init__(self, events: Iterator[str], stream: GenerationStream, release: Callable[[], None]):
+        self._events = events
+        self._stream = stream
+        self._release = release
+        self._closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self._events
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._events.close()
+            self._stream.close()
+        finally:
+            self._release()
 
 
 def _bytes(token: str) -> list[int]:

@@ -284,6 +284,19 @@ class EngineBridge:
         engine = self._engine
         return engine.get_num_unfinished_requests() if engine is not None else 0
 
+    def scheduler_counts(self) -> tuple[int, int]:
+        """(running, waiting) requests in vLLM's scheduler, read without stopping the engine thread."""
+        scheduler = self._scheduler()
+        if scheduler is None:
+            return self.unfinished_requests(), 0
+        return len(scheduler.running), len(scheduler.waiting)
+
+    def _scheduler(self):
+        # The in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0) exposes its scheduler;
+        # len() of its lists is safe to read from another thread.
+        core = getattr(getattr(self._engine, "engine_core", None), "engine_core", None)
+        return getattr(core, "scheduler", None)
+
     def _require_ready(self) -> None:
         if self._state is EngineState.READY:
             return

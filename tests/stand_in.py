@@ -60,6 +60,9 @@ class StandInEngine:
     def has_unfinished_requests(self):
         return bool(self.requests)
 
+    def get_num_unfinished_requests(self):
+        return len(self.requests)
+
     def step(self):
         self.step_threads.add(threading.get_ident())
         if self.step_delay:

@@ -1,8 +1,9 @@
 """One blueprint per resource; register_blueprints wires them all."""
 
-from app.routes import chat, completions, health, models
+from app.routes import chat, completions, health, metrics, models
 
 
 def register_blueprints(app) -> None:
-    for module in (health, models, chat, completions):
+    metrics.init_app(app)
+    for module in (health, models, metrics, chat, completions):
         app.register_blueprint(module.bp)

@@ -1,6 +1,6 @@
 """Reading and answering JSON bodies, shared by the generation blueprints."""
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 
 from app import sse
 from app.errors import APIError
@@ -12,6 +12,11 @@ def json_object() -> dict:
     if not isinstance(body, dict):
         raise APIError("The request body must be a JSON object.")
     return body
+
+
+def request_id() -> str:
+    """The request id (X-Request-Id) guards assigned to this request."""
+    return g.request_id
 
 
 def respond(result):
