@@ -6,6 +6,7 @@ so the worker's event loop never blocks on the engine.
 """
 
 import enum
+import importlib
 import itertools
 import logging
 import threading
@@ -46,6 +47,12 @@ def _start_os_thread(target: Callable[[], None], name: str) -> None:
 
     log.debug("starting OS thread %s", name)
     get_original("_thread", "start_new_thread")(target, ())
+
+
+def _import_factory(path: str) -> Callable[[EngineSettings], object]:
+    """The callable named by "module:function"."""
+    module_name, _, name = path.partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 class _Mailbox:
@@ -146,6 +153,8 @@ class EngineBridge:
         tokenizer_factory: Callable[[str], object] | None = None,
     ):
         self.settings = settings or EngineSettings.from_env()
+        if self.settings.engine_factory and engine_factory is build_engine:
+            engine_factory = _import_factory(self.settings.engine_factory)
         self._engine_factory = engine_factory
         self._tokenizer_factory = tokenizer_factory
         self._engine = None

@@ -39,6 +39,9 @@ class EngineSettings:
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
     seed: int = 0
+    # "module:function" building the engine from these settings instead of build_engine
+    # (a wrapped or instrumented LLMEngine); unset for vLLM's own.
+    engine_factory: str | None = None
 
     @classmethod
     def from_env(cls) -> "EngineSettings":
@@ -57,4 +60,5 @@ class EngineSettings:
             enforce_eager=_env_bool("ENFORCE_EAGER", True),
             enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
             seed=_env_int("ENGINE_SEED", 0),
+            engine_factory=os.environ.get("ENGINE_FACTORY") or None,
         )

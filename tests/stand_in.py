@@ -96,3 +96,35 @@ class StandInEngine:
                                                finished=finished, prompt_token_ids=req["prompt"],
                                                prompt_logprobs=None))
         return outputs
+
+
+FAIL_MARKER_MAX_TOKENS = 99
+
+
+class FailOnMarkerEngine:
+    """The real engine, except that step() raises once a request asks for 99 tokens.
+
+    Lets the real server's engine thread die on demand: ENGINE_FACTORY=tests.stand_in:fail_on_marker.
+    """
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._armed = False
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def add_request(self, request_id, prompt, params):
+        self._armed |= params.max_tokens == FAIL_MARKER_MAX_TOKENS
+        return self._engine.add_request(request_id, prompt, params)
+
+    def step(self):
+        if self._armed:
+            raise RuntimeError("injected engine failure")
+        return self._engine.step()
+
+
+def fail_on_marker(settings):
+    from engine_bridge.engine import build_engine
+
+    return FailOnMarkerEngine(build_engine(settings))

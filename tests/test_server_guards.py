@@ -255,3 +255,24 @@ def test_sigterm_drains_then_exits_cleanly():
         assert "Shutting down: Master" in proc.log_path.read_text()
     finally:
         proc.stop()
+
+
+def test_an_engine_failure_ends_requests_with_500_and_health_503():
+    from tests.stand_in import FAIL_MARKER_MAX_TOKENS
+
+    proc = ServerProcess(env={"ENGINE_FACTORY": "tests.stand_in:fail_on_marker"}).start()
+    try:
+        bystander = open_stream(proc.base_url, max_tokens=2000)
+        failing = requests.post(proc.base_url + "/v1/chat/completions", timeout=60,
+                                json=chat_body(max_tokens=FAIL_MARKER_MAX_TOKENS))
+        assert_envelope(failing, 500, "engine_failed")
+        # The stream in flight ends with an error event, then [DONE]; it does not hang.
+        rest = [line for line in bystander.lines if line]
+        assert b'"code":"engine_failed"' in rest[-2] and rest[-1] == b"data: [DONE]"
+        health = requests.get(proc.base_url + "/health", timeout=5)
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert_envelope(requests.post(proc.base_url + "/v1/chat/completions", json=chat_body(), timeout=10),
+                        500, "engine_failed")
+        assert "injected engine failure" in proc.log_path.read_text()
+    finally:
+        proc.stop()
