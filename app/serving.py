@@ -202,14 +202,19 @@ class OpenAIServing:
             return sse.event({**header, "choices": choices})
 
         try:
-            for opening in self.opening_chunk_choices(call):
-                yield chunk([opening])
+            opened = False
             while not stream.finished:
                 update = stream.next_update(timeout=self.keepalive_seconds)
                 if update is None:
                     # Nothing yet (queued, or a long prefill): tell proxies the stream is alive.
                     yield sse.KEEPALIVE
                     continue
+                if not opened:
+                    # With the first token, as vLLM's server does: a client's time to first
+                    # chunk is then its real time to first token.
+                    opened = True
+                    for opening in self.opening_chunk_choices(call):
+                        yield chunk([opening])
                 call.record(update)
                 for delta in update.choices:
                     index = call.choice_index(update.prompt_index, delta.index)
