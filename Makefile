@@ -4,18 +4,21 @@
 PYTHON ?= python3
 VENV ?= .venv
 REQUIREMENTS ?= requirements.txt
+BENCH_REQUIREMENTS := requirements-bench.txt
 HOST ?= 0.0.0.0
 PORT ?= 8000
 MODEL_CACHE_DIR ?= $(CURDIR)/.cache/models
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 export HOST PORT MODEL_CACHE_DIR
 
 BIN := $(VENV)/bin
-# The stamp names the requirements' hash: editing a requirements file reinstalls.
+# The stamps name the requirements' hash: editing a requirements file reinstalls.
 INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha1sum | cut -c1-12)
+BENCH_INSTALLED := $(VENV)/.bench-installed-$(shell cat $(BENCH_REQUIREMENTS) | sha1sum | cut -c1-12)
 
-.PHONY: install model serve test clean system-packages
+.PHONY: install model serve test bench clean system-packages
 
 install: $(INSTALLED)
 
@@ -30,6 +33,13 @@ $(INSTALLED): $(REQUIREMENTS)
 	@# break `import transformers`; a text-only server needs none of them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The benchmark's extra packages (the chart); the tests check the benchmark code too.
+$(BENCH_INSTALLED): $(BENCH_REQUIREMENTS) | $(INSTALLED)
+	@echo "==> installing the benchmark's packages into $(VENV)"
+	$(BIN)/pip install --progress-bar off -q -r $(BENCH_REQUIREMENTS)
+	rm -f $(VENV)/.bench-installed-*
 	touch $@
 
 # Converts the default model once; skipped when MODEL names another model.
@@ -47,8 +57,14 @@ system-packages:
 	@command -v redis-server >/dev/null || { echo "==> installing redis-server (Debian package)"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
-test: model system-packages
+test: model system-packages $(BENCH_INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+# `make bench`: this server against vLLM's own OpenAI server, one after the other on loopback,
+# driven by vLLM's benchmark client; writes bench/results/<date>.json, .md and .png.
+# Pass options with `make bench BENCH_ARGS="--only c1,c16"`.
+bench: model $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

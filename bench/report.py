@@ -1,0 +1,246 @@
+"""Turn vLLM benchmark-client results into metrics, ratios, targets, a Markdown report and a chart."""
+
+from pathlib import Path
+
+# (key in our summary, column title, key in vLLM's result file)
+METRICS = (
+    ("output_tok_s", "output tok/s", "output_throughput"),
+    ("req_s", "req/s", "request_throughput"),
+    ("ttft_p50_ms", "TTFT p50 ms", "median_ttft_ms"),
+    ("ttft_p99_ms", "TTFT p99 ms", "p99_ttft_ms"),
+    ("itl_p50_ms", "ITL p50 ms", "median_itl_ms"),
+    ("itl_p99_ms", "ITL p99 ms", "p99_itl_ms"),
+)
+# Higher is better for these; lower for the rest.
+HIGHER_IS_BETTER = {"output_tok_s", "req_s"}
+CONCURRENCY_RUNS = ("c1", "c16", "c64")
+MAIN_RUNS = (*CONCURRENCY_RUNS, "http_overhead", "streams100")
+LENGTH_RUNS = ("c16", "len1024", "len4096")
+PREFIX_RUN = "shared_prefix"
+OURS, THEIRS = "ours", "vllm"
+NO_CACHE = "-no-prefix-cache"
+SERVER_TITLES = {OURS: "ours", THEIRS: "vLLM", OURS + NO_CACHE: "ours", THEIRS + NO_CACHE: "vLLM"}
+
+
+def peak_open(starts: list[float], ends: list[float]) -> int:
+    """Most requests open at the same moment, given each one's start and end time."""
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
+    open_now = peak = 0
+    for _, step in events:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
+
+
+def summarize(raw: dict, expected_output_tokens: int) -> dict:
+    """The numbers we report from one `vllm bench serve --save-result --save-detailed` file.
+
+    The client counts a request as failed only when its HTTP status is not 200 or no chunk with
+    choices arrived; a stream that ends early (an error event, a finish before its tokens) counts
+    as completed. With --ignore-eos every request must produce exactly the asked-for tokens, so
+    such requests are counted here as `short`, and errors = failed + short.
+    """
+    summary = {key: raw.get(source) for key, _, source in METRICS}
+    if expected_output_tokens <= 1:  # no second token, no inter-token latency
+        summary["itl_p50_ms"] = summary["itl_p99_ms"] = None
+    completed = raw.get("completed", 0)
+    num_prompts = raw.get("num_prompts", completed + raw.get("failed", 0))
+    per_request_errors = raw.get("errors") or []
+    ok = [i for i, e in enumerate(per_request_errors) if not e]
+    output_lens = raw.get("output_lens")
+    short = sum(1 for i in ok if output_lens[i] != expected_output_tokens) if output_lens else None
+    mean_output = raw["total_output_tokens"] / completed if completed else None
+    starts = [raw["start_times"][i] for i in ok]
+    ends = [raw["start_times"][i] + raw["latencies"][i] for i in ok]
+    summary.update(
+        completed=completed,
+        failed=num_prompts - completed,
+        short=short,
+        errors=num_prompts - completed + (short or 0),
+        error_samples=sorted({e.strip().splitlines()[-1][:300] for e in per_request_errors if e})[:3],
+        e2el_p50_ms=raw.get("median_e2el_ms"),
+        duration_s=raw.get("duration"),
+        mean_prompt_tokens=raw["total_input_tokens"] / completed if completed else None,
+        mean_output_tokens=mean_output,
+        expected_output_tokens=expected_output_tokens,
+        peak_open_requests=peak_open(starts, ends) if starts else 0,
+        # Comparable only if every request produced what was asked for.
+        valid=bool(completed) and (short == 0 if short is not None else mean_output == expected_output_tokens),
+    )
+    return summary
+
+
+def ratios(ours: dict | None, theirs: dict | None) -> dict:
+    """ours / theirs for every metric (None where either side is missing or zero)."""
+    out = {}
+    for key, _, _ in METRICS:
+        a, b = (ours or {}).get(key), (theirs or {}).get(key)
+        out[key] = a / b if a is not None and b else None
+    return out
+
+
+def early_opening_chunk(servers: dict) -> list[str]:
+    """Servers whose first streamed chunk comes before their first token (their TTFT is not one)."""
+    return [name for name, settings in servers.items()
+            if (settings.get("first_token_probe") or {}).get("opening_chunk_before_first_token")]
+
+
+def targets(results: dict, servers: dict) -> list[dict]:
+    """The issue's targets, each with the measured value and whether it was met."""
+    ours, theirs = results.get(OURS, {}), results.get(THEIRS, {})
+    ttft_measurable = not {OURS, THEIRS} & set(early_opening_chunk(servers))
+    rows = []
+    for run in CONCURRENCY_RUNS:
+        r = ratios(ours.get(run), theirs.get(run))
+        comparable = (ours.get(run) or {}).get("valid", False) and (theirs.get(run) or {}).get("valid", False)
+        rows.append(_target(f"output throughput ours/vLLM at {run}", r["output_tok_s"], ">=", 1.0, comparable))
+        rows.append(_target(f"median TTFT ours/vLLM at {run}", r["ttft_p50_ms"], "<=", 1.1,
+                            comparable and ttft_measurable))
+    streams = ours.get("streams100")
+    rows.append(_target("errors in ours with 100 concurrent streams", streams["errors"] if streams else None,
+                        "<=", 0, streams is not None))
+    return rows
+
+
+def _target(name: str, value, op: str, bound: float, comparable: bool) -> dict:
+    met = value is not None and comparable and (value >= bound if op == ">=" else value <= bound)
+    return {"target": f"{name} {op} {bound:g}", "value": value, "met": met,
+            "comparable": comparable, "measured": value is not None}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _server_rows(label: str, run: str, results: dict) -> list[str]:
+    ours, theirs = results.get(OURS, {}).get(run), results.get(THEIRS, {}).get(run)
+    rows = []
+    for name, summary in ((OURS, ours), (THEIRS, theirs)):
+        if summary is None:
+            continue
+        note = "" if summary["valid"] else f" (got {_fmt(summary['mean_output_tokens'])} tokens/request)"
+        if summary.get("short"):
+            note = f" ({summary['short']} ended early; {_fmt(summary['mean_output_tokens'])} tokens/request)"
+        cells = [_fmt(summary[key]) for key, _, _ in METRICS]
+        rows.append(f"| {label} | {SERVER_TITLES[name]} | " + " | ".join(cells)
+                    + f" | {summary['errors']}{note} |")
+    r = ratios(ours, theirs)
+    rows.append(f"| {label} | **ours/vLLM** | " + " | ".join(_fmt(r[key], 2) for key, _, _ in METRICS) + " | |")
+    return rows
+
+
+def markdown(report: dict) -> str:
+    """The human-readable report: setup, targets, and the three tables."""
+    results, scenarios = report["results"], {s["name"]: s for s in report["scenarios"]}
+    head = "| run | server | " + " | ".join(title for _, title, _ in METRICS) + " | errors |"
+    rule = "|" + " --- |" * (len(METRICS) + 3)
+    lines = [f"# Benchmark {report['date']}", "",
+             f"{report['machine']}; vLLM {report['vllm_version']}; model {report['model']}; "
+             f"`make bench` took {_fmt(report.get('wall_time_s'), 0)} s.", "",
+             "Client: vLLM's own `vllm bench serve` " + " ".join(report["client_flags"]) + ".", ""]
+    for name, settings in report["servers"].items():
+        lines.append(f"- **{SERVER_TITLES.get(name, name)}** ({name}): `{settings['command']}`; "
+                     f"engine core {settings['engine_core']}; prefix caching "
+                     f"{'on' if settings['prefix_caching'] else 'off'}; ready in {_fmt(settings.get('startup_s'))} s")
+    for name in early_opening_chunk(report["servers"]):
+        probe = report["servers"][name]["first_token_probe"]
+        lines += ["", f"**Note:** {name} sent its first streamed chunk (role only, no text) after "
+                      f"{probe['first_chunk_ms']} ms but its first token after {probe['first_text_ms']} ms. vLLM's "
+                      "client takes TTFT at the first chunk, so its TTFT below is the time to that empty chunk "
+                      "and its first inter-token latency holds the prefill; TTFT targets are not comparable."]
+    lines += ["", "## Targets (ours / vLLM's server, same run)", "",
+              "| target | measured | met |", "| --- | --- | --- |"]
+    for t in report["targets"]:
+        met = "yes" if t["met"] else "no" if t["comparable"] else "not comparable" if t["measured"] else "not run"
+        lines.append(f"| {t['target']} | {_fmt(t['value'], 2)} | {met} |")
+
+    def describe(run: str) -> str:
+        s = scenarios[run]
+        prefix = f"{s['prefix_len']} shared + " if s["prefix_len"] else ""
+        return (f"{run}: {prefix}{s['input_len']} prompt / {s['output_len']} output tokens, "
+                f"concurrency {s['concurrency']}, {s['num_prompts']} requests")
+
+    main_runs = [run for run in MAIN_RUNS if run in scenarios]
+    if main_runs:
+        lines += ["", "## By concurrency", ""]
+        lines += [f"- {describe(run)}" for run in main_runs]
+        lines += ["", head, rule]
+        for run in main_runs:
+            lines += _server_rows(run, run, results)
+    streams = results.get(OURS, {}).get("streams100")
+    if streams:
+        lines += ["", f"100 concurrent streams against ours: {streams['errors']} errors, "
+                      f"{streams['peak_open_requests']} streams open at once."]
+    length_runs = [run for run in LENGTH_RUNS if run in scenarios]
+    if length_runs:
+        lines += ["", "## By prompt length (concurrency 16)", ""]
+        lines += [f"- {describe(run)}" for run in length_runs]
+        lines += ["", head.replace("| run |", "| prompt tokens |"), rule]
+        for run in length_runs:
+            lines += _server_rows(str(scenarios[run]["input_len"]), run, results)
+    if PREFIX_RUN in scenarios:
+        lines += ["", "## Shared system prompt: prefix caching on and off", "", f"- {describe(PREFIX_RUN)}", "",
+                  "| server | prefix caching | TTFT p50 ms | TTFT p99 ms | E2E latency p50 ms | output tok/s "
+                  "| errors |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for base in (OURS, THEIRS):
+            for name, state in ((base, "on"), (base + NO_CACHE, "off")):
+                s = results.get(name, {}).get(PREFIX_RUN)
+                if s:
+                    lines.append(f"| {SERVER_TITLES[name]} | {state} | {_fmt(s['ttft_p50_ms'])} | "
+                                 f"{_fmt(s['ttft_p99_ms'])} | {_fmt(s.get('e2el_p50_ms'))} | "
+                                 f"{_fmt(s['output_tok_s'])} | {s['errors']} |")
+            on, off = results.get(base, {}).get(PREFIX_RUN), results.get(base + NO_CACHE, {}).get(PREFIX_RUN)
+            if on and off and on["ttft_p50_ms"]:
+                e2e = (off.get("e2el_p50_ms") or 0) / on["e2el_p50_ms"] if on.get("e2el_p50_ms") else None
+                lines.append(f"| {SERVER_TITLES[base]} | off/on | {_fmt(off['ttft_p50_ms'] / on['ttft_p50_ms'], 2)}x "
+                             f"| | {_fmt(e2e, 2)}{'x' if e2e else ''} | | |")
+    problems = [(name, run, s) for name, runs in results.items() for run, s in runs.items()
+                if s["errors"] or not s["valid"]]
+    if problems:
+        lines += ["", "## Problems", ""]
+        for name, run, s in problems:
+            lines.append(f"- {name} {run}: {s.get('failed', s['errors'])} failed, {s.get('short') or 0} ended "
+                         f"before their {s['expected_output_tokens']} tokens, "
+                         f"{_fmt(s['mean_output_tokens'])} output tokens per completed request"
+                         + "".join(f"; `{e}`" for e in s["error_samples"]))
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> None:
+    """Output throughput and median TTFT by concurrency, both servers, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    scenarios = {s["name"]: s for s in report["scenarios"]}
+    runs = [run for run in CONCURRENCY_RUNS if run in scenarios]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, style in ((OURS, "o-"), (THEIRS, "s--")):
+        measured = [(scenarios[run]["concurrency"], report["results"].get(name, {}).get(run)) for run in runs]
+        measured = [(c, s) for c, s in measured if s]
+        if not measured:
+            continue
+        xs = [c for c, _ in measured]
+        label = "this server" if name == OURS else "vLLM's server"
+        left.plot(xs, [s["output_tok_s"] for _, s in measured], style, label=label)
+        right.plot(xs, [s["ttft_p50_ms"] / 1000 for _, s in measured], style, label=label)
+    for ax, title, unit in ((left, "Output throughput", "tokens/s"), (right, "Median time to first token", "s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([scenarios[run]["concurrency"] for run in runs])
+        ax.set_xticklabels([str(scenarios[run]["concurrency"]) for run in runs])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{report['model']}, 128 prompt / 64 output tokens ({report['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
