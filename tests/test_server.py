@@ -98,7 +98,7 @@ def test_malformed_json_is_an_envelope_from_the_real_server(server):
 def stream_chat(base_url, max_tokens, arrivals, prompt="Write a very long story about a dragon."):
     """Stream a chat completion with requests, recording the arrival time of each content event."""
     body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 1.0, "stream": True}
+            "max_tokens": max_tokens, "temperature": 1.0, "stream": True, "ignore_eos": True}
     with requests.post(base_url + "/v1/chat/completions", json=body, stream=True, timeout=300) as response:
         for line in response.iter_lines():
             if line.startswith(b"data: {") and b'"content"' in line:

@@ -163,14 +163,16 @@ def test_concurrency_cap_answers_429_at_once(guarded):
 
 def test_streams_send_keepalives_while_waiting_and_proxy_headers(guarded):
     # A long prompt keeps the request in prefill for longer than the 0.3 s keep-alive interval.
-    body = chat_body(messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=2, stream=True)
+    body = chat_body(messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=3, stream=True,
+                     temperature=0, ignore_eos=True)
     with requests.post(guarded.base_url + "/v1/chat/completions", json=body, headers=auth("keepalive"),
                        stream=True, timeout=120) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-cache"
         assert response.headers["X-Accel-Buffering"] == "no"
         lines = [line for line in response.iter_lines() if line]
-    first_token = next(i for i, line in enumerate(lines) if b'"delta":{"content"' in line)
+    first_token = next((i for i, line in enumerate(lines) if b'"delta":{"content"' in line), None)
+    assert first_token is not None, lines
     assert b": keep-alive" in lines[:first_token]
     assert lines[-1] == b"data: [DONE]"
 
