@@ -156,7 +156,11 @@ class OurServer(Server):
                 "SERVED_MODEL_NAME": MODEL_NAME, "DTYPE": "float32", "KV_CACHE_GB": "1",
                 "ENFORCE_EAGER": "true", "ENGINE_SEED": "0",
                 "ENABLE_PREFIX_CACHING": "true" if self.prefix_caching else "false",
-                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                # No keep-alive comments: vLLM's client strips each network read before splitting
+                # events, so a lone ": keep-alive\n\n" glues itself to every later event and the
+                # request looks empty. vLLM's server never sends them, so its runs never hit this.
+                "SSE_KEEPALIVE_SECONDS": "86400"}
 
     def settings(self) -> dict:
         return {"command": "gunicorn -c gunicorn.conf.py wsgi:app", "dtype": "float32", "enforce_eager": True,
