@@ -5,7 +5,6 @@ import hmac
 import logging
 import re
 import uuid
-from contextlib import contextmanager
 
 import gevent.lock
 from flask import Flask, g, request
@@ -68,14 +67,6 @@ class ConcurrencyLimit:
 
     def release(self) -> None:
         self._slots.release()
-
-    @contextmanager
-    def slot(self):
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 def _rate_limit_key() -> str:
