@@ -1,7 +1,8 @@
 """gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (what `make serve` runs)."""
 
-import logging
 import os
+
+from app.logs import logging_config
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 
@@ -21,10 +22,13 @@ timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 # How long streams in flight may take to finish on SIGTERM.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
-accesslog = os.environ.get("ACCESS_LOG", "-")
-# gunicorn's default access log line plus the request id the app put on the response.
-access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s %(L)ss'
+# Every line (gunicorn's, vLLM's, the app's) in one format: JSON, or text on a terminal
+# (LOG_FORMAT, see app/logs.py).
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# The app logs one line per request with more in it (tokens, time to first token, request id)
+# once the response has ended; ACCESS_LOG=1 adds gunicorn's own access line.
+logconfig_dict = logging_config(access_log=os.environ.get("ACCESS_LOG", "") not in ("", "0"))
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s %(L)ss'
 
 
 def post_fork(server, worker):
@@ -36,13 +40,18 @@ def post_fork(server, worker):
     """
     import engine_bridge
 
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     bridge = engine_bridge.EngineBridge(engine_bridge.EngineSettings.from_env())
-    worker.log.info("loading the engine for %s", bridge.model_name)
+    worker.log.info("loading the engine for %s", bridge.model_name, extra={"fields": {"event": "engine_loading"}})
     try:
         bridge.load(keepalive=worker.notify)
     except engine_bridge.EngineError:
-        worker.log.exception("the engine failed to load; /health reports unhealthy")
+        worker.log.exception("the engine failed to load; /health reports unhealthy",
+                             extra={"fields": {"event": "engine_failed"}})
+    else:
+        urls = [str(sock) for sock in worker.sockets]
+        local = [url.replace("://0.0.0.0:", "://127.0.0.1:") for url in urls]
+        worker.log.info("ready: serving %s on %s (try: curl %s/v1/models)", bridge.model_name, ", ".join(urls),
+                        local[0], extra={"fields": {"event": "ready", "model": bridge.model_name, "listen": urls}})
     engine_bridge.install(bridge)
 
 
@@ -53,3 +62,15 @@ def worker_exit(server, worker):
     bridge = engine_bridge.installed()
     if bridge is not None:
         bridge.shutdown()
+    worker.log.info("worker stopped", extra={"fields": {"event": "worker_stopped"}})
+
+
+def when_ready(server):
+    """The master is listening; the worker still has to load the engine before it answers."""
+    server.log.info("listening on %s; the engine loads next and /health turns 200 when it is ready",
+                    ", ".join(str(listener) for listener in server.LISTENERS),
+                    extra={"fields": {"event": "listening"}})
+
+
+def on_exit(server):
+    server.log.info("server stopped", extra={"fields": {"event": "server_stopped"}})

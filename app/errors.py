@@ -6,6 +6,7 @@ from flask import g, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from app.telemetry import current_record
 from engine_bridge import (
     ContextLengthExceeded,
     EngineFailed,
@@ -115,6 +116,7 @@ def error_response(exc: BaseException):
     if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 400:
         return exc  # routing redirects (e.g. a missing trailing slash) are not errors
     error = to_api_error(exc)
+    current_record().error_code = error.code or error.type
     if error.status >= 500:
         log.error("%s %s failed: %s", request.method, request.path, exc,
                   exc_info=not isinstance(exc, (APIError, HTTPException, EngineNotReady)))

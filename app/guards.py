@@ -12,6 +12,7 @@ from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.errors import APIError
+from app.telemetry import current_record
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ def init_app(app: Flask) -> Limiter:
     # Registered before the limiter's own after_request hook, so it runs after it.
     @app.after_request
     def tag_response(response):
-        response.headers[REQUEST_ID_HEADER] = g.get("request_id") or _request_id()
+        request_id = g.get("request_id") or _request_id()
+        response.headers[REQUEST_ID_HEADER] = request_id
+        current_record().request_id = request_id
         # The limiter puts its window's Retry-After on every response; it only means something
         # on a refusal, and an error's own value (the concurrency cap's 1 s) wins.
         if response.status_code not in (429, 503):

@@ -11,6 +11,7 @@ from engine_bridge import EngineBridge, GenerationStream, GenerationUpdate, Samp
 from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
 from app.guards import ConcurrencyLimit
+from app.telemetry import RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Call:
     prompts: list[list[int]]
     prompt_texts: list[str | None]
     n: int
+    # The request's log line and metrics: tokens, time to first token, whether the client left.
+    record: RequestRecord = field(default_factory=RequestRecord)
     # Per prompt: prompt tokens and, for echo with logprobs, the prompt's own token logprobs.
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     prompt_logprobs: dict[int, list] = field(default_factory=dict)
@@ -42,17 +45,23 @@ class Call:
     # Streaming state per choice index: whether the prompt was echoed, and the next text offset.
     echoed: set[int] = field(default_factory=set)
     text_offsets: dict[int, int] = field(default_factory=dict)
+    # A stream sent everything up to [DONE]; closed before that, its client went away.
+    completed: bool = False
 
     def choice_index(self, prompt_index: int, index: int) -> int:
         """OpenAI numbers choices prompt by prompt: prompt i's choices are i*n .. i*n+n-1."""
         return prompt_index * self.n + index
 
-    def record(self, update: GenerationUpdate) -> None:
+    def observe(self, update: GenerationUpdate) -> None:
         self.prompt_tokens[update.prompt_index] = update.prompt_tokens
         if update.prompt_logprobs is not None:
             self.prompt_logprobs[update.prompt_index] = update.prompt_logprobs
         if not self.discard_generated:
             self.completion_tokens += sum(c.token_count for c in update.choices)
+        self.record.first_token()
+        usage = self.usage()
+        self.record.prompt_tokens = usage["prompt_tokens"]
+        self.record.completion_tokens = usage["completion_tokens"]
 
     def usage(self) -> dict:
         prompt_tokens = sum(self.prompt_tokens.get(i, len(p)) for i, p in enumerate(self.prompts))
@@ -76,16 +85,20 @@ class OpenAIServing:
         self.max_output_tokens = config["MAX_OUTPUT_TOKENS"]
         self.keepalive_seconds = config["SSE_KEEPALIVE_SECONDS"]
 
-    def create(self, body: dict, request_id: str | None = None) -> "dict | EventStream":
+    def create(self, body: dict, request_id: str | None = None,
+               record: RequestRecord | None = None) -> "dict | EventStream":
         """The response body for body, or the SSE events when it asks to stream.
 
         A generation holds one of the concurrency slots until its response is complete (or its
-        client gone); request_id becomes the prefix of its engine request ids.
+        client gone); request_id becomes the prefix of its engine request ids; record gets the
+        model, token counts and time to first token for the request's log line and metrics.
         """
+        record = record or RequestRecord()
         req = self.schema.load(body)
         unknown = set(body) - set(self.schema.fields)
         if unknown:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
+        record.model = req["model"]
         self._check_model(req["model"])
         options = self.sampling_options(req)
         prompts, prompt_texts = self.prompts(req)
@@ -94,7 +107,7 @@ class OpenAIServing:
         response_id = f"{self.id_prefix}{uuid.uuid4().hex}"
         header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
                   "model": req["model"]}
-        call = Call(req, header, prompts, prompt_texts, options.n,
+        call = Call(req, header, prompts, prompt_texts, options.n, record=record,
                     discard_generated=req["max_tokens"] == 0)
         self.concurrency.acquire()
         try:
@@ -103,7 +116,7 @@ class OpenAIServing:
             self.concurrency.release()
             raise
         if req["stream"]:
-            return EventStream(self._stream(stream, call), stream, self.concurrency.release)
+            return EventStream(self._stream(stream, call), stream, call, self.concurrency.release)
         try:
             return self._collect(stream, call)
         finally:
@@ -175,7 +188,7 @@ class OpenAIServing:
         choices = [Choice() for _ in range(len(call.prompts) * call.n)]
         try:
             for update in stream:
-                call.record(update)
+                call.observe(update)
                 for delta in update.choices:
                     choice = choices[call.choice_index(update.prompt_index, delta.index)]
                     choice.text.append(delta.text)
@@ -215,7 +228,7 @@ class OpenAIServing:
                     opened = True
                     for opening in self.opening_chunk_choices(call):
                         yield chunk([opening])
-                call.record(update)
+                call.observe(update)
                 for delta in update.choices:
                     index = call.choice_index(update.prompt_index, delta.index)
                     if delta.text or delta.logprobs:
@@ -228,9 +241,12 @@ class OpenAIServing:
                 yield sse.event({**header, "choices": [], "usage": call.usage()})
         except Exception as exc:
             # Headers are gone already: the error travels as an event, then the stream ends.
-            yield sse.event(to_api_error(exc).body())
+            error = to_api_error(exc)
+            call.record.error_code = error.code or error.type
+            yield sse.event(error.body())
         finally:
             stream.close()
+        call.completed = True
         yield sse.DONE
 
 
@@ -241,9 +257,11 @@ class EventStream:
     iteration never started; that aborts the engine request and frees the concurrency slot.
     """
 
-    def __init__(self, events: Iterator[str], stream: GenerationStream, release: Callable[[], None]):
+    def __init__(self, events: Iterator[str], stream: GenerationStream, call: Call,
+                 release: Callable[[], None]):
         self._events = events
         self._stream = stream
+        self._call = call
         self._release = release
         self._closed = False
 
@@ -254,6 +272,8 @@ class EventStream:
         if self._closed:
             return
         self._closed = True
+        if not self._call.completed:
+            self._call.record.aborted = True
         try:
             self._events.close()
             self._stream.close()

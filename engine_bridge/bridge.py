@@ -30,6 +30,9 @@ from engine_bridge.types import GenerationUpdate, SamplingOptions
 
 log = logging.getLogger(__name__)
 
+# Seconds between "still loading" lines while a model loads.
+PROGRESS_INTERVAL = 10.0
+
 
 class EngineState(str, enum.Enum):
     """Where the engine is in its life; only READY accepts requests."""
@@ -186,14 +189,20 @@ class EngineBridge:
         heartbeat as keepalive, so a model that takes minutes to load does not get the worker
         killed for missing heartbeats.
         """
+        started = time.monotonic()
         if keepalive is None:
             self._build()
         else:
             builder = threading.Thread(target=self._build, name="engine-loader", daemon=True)
             builder.start()
+            next_progress = started + PROGRESS_INTERVAL
             while builder.is_alive():
                 keepalive()
                 builder.join(keepalive_interval)
+                if time.monotonic() >= next_progress and builder.is_alive():
+                    next_progress += PROGRESS_INTERVAL
+                    log.info("still loading the engine (%.0f s so far)", time.monotonic() - started,
+                             extra={"fields": {"event": "engine_loading"}})
         if self._state is EngineState.FAILED:
             raise EngineFailed(f"the engine failed to load: {self.failure}") from self.failure
 
@@ -215,7 +224,9 @@ class EngineBridge:
         self.loaded_at = time.time()
         _start_os_thread(self._run, "engine-loop")
         self._state = EngineState.READY
-        log.info("engine ready: %s (max_model_len=%s)", self.model_name, self.max_model_len)
+        log.info("engine ready: %s (max_model_len=%s)", self.model_name, self.max_model_len,
+                 extra={"fields": {"event": "engine_ready", "model": self.model_name,
+                                   "max_model_len": self.max_model_len}})
 
     def _make_tokenizer(self, engine):
         # A tokenizer of our own for the request side: the engine thread detokenizes with the

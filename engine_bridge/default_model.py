@@ -61,7 +61,7 @@ def convert(gguf_path: Path, model_dir: Path) -> None:
 
     started = time.monotonic()
     folder, name = str(gguf_path.parent), gguf_path.name
-    log.info("loading %s (this takes about half a minute)", gguf_path)
+    log.info("step 1/2: reading and dequantizing %s (about half a minute)", gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # transformers refuses to save a model it still considers GGUF-quantized; the weights are
@@ -74,7 +74,7 @@ def convert(gguf_path: Path, model_dir: Path) -> None:
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
     try:
-        log.info("writing safetensors to %s", model_dir)
+        log.info("step 2/2: writing float32 safetensors to %s", model_dir)
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / COMPLETE_MARKER).write_text(

@@ -101,7 +101,11 @@ def build_engine(settings: EngineSettings):
         enforce_eager=settings.enforce_eager,
         enable_prefix_caching=settings.enable_prefix_caching,
         seed=settings.seed,
-        disable_log_stats=True,
+        # Weight-loading progress bars are for terminals; JSON logs turn tqdm off (TQDM_DISABLE).
+        use_tqdm_on_load=os.environ.get("TQDM_DISABLE", "") in ("", "0"),
+        # vLLM's stat loggers: its Prometheus metrics (served on /metrics) and a throughput line
+        # in the log every VLLM_LOG_STATS_INTERVAL seconds while requests run.
+        disable_log_stats=False,
     )
     started = time.monotonic()
     log.info("loading engine: model=%s dtype=%s device=%s", settings.model, dtype, "cpu" if cpu else "gpu")

@@ -1,6 +1,7 @@
 """Shared fixtures: a stand-in engine for edge cases, the real engine, and the real server process."""
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -115,6 +116,14 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+    def log_records(self) -> list[dict]:
+        """The server's log lines that are JSON objects, parsed."""
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -14,6 +14,7 @@ import requests
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ServerProcess, _die_with_parent, free_port
+from tests.prometheus import scrape, value
 
 KEYS = {name: f"sk-test-{name}-{i}x" for i, name in enumerate(
     ("auth", "rate", "shared", "concurrency", "keepalive", "spare"))}
@@ -89,6 +90,7 @@ def test_api_keys_are_required_on_v1_and_never_logged(guarded):
 
 def test_rate_limit_per_key_with_openai_envelope_and_headers(guarded):
     url = guarded.base_url + "/v1/models"
+    rejected_before = metric(guarded.base_url, "http_rate_limit_rejections_total", limit="rate")
     for i in range(10):
         response = requests.get(url, headers=auth("rate"), timeout=10)
         assert response.status_code == 200
@@ -98,6 +100,7 @@ def test_rate_limit_per_key_with_openai_envelope_and_headers(guarded):
     assert_envelope(limited, 429, "rate_limit_exceeded")
     assert int(limited.headers["Retry-After"]) > 0
     assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert metric(guarded.base_url, "http_rate_limit_rejections_total", limit="rate") == rejected_before + 1
     # Other keys have their own budget, and /health counts against none.
     assert requests.get(url, headers=auth("spare"), timeout=10).status_code == 200
     assert all(requests.get(guarded.base_url + "/health", timeout=10).status_code == 200 for _ in range(15))
@@ -140,6 +143,7 @@ def open_stream(base_url, headers=None, max_tokens=2000, chunks=3):
 
 
 def test_concurrency_cap_answers_429_at_once(guarded):
+    rejected_before = metric(guarded.base_url, "http_rate_limit_rejections_total", limit="concurrency")
     streams = [open_stream(guarded.base_url, auth("concurrency")) for _ in range(2)]
     try:
         started = time.monotonic()
@@ -148,6 +152,7 @@ def test_concurrency_cap_answers_429_at_once(guarded):
         assert time.monotonic() - started < 2
         assert_envelope(refused, 429, "concurrency_limit_exceeded")
         assert refused.headers["Retry-After"]
+        assert metric(guarded.base_url, "http_rate_limit_rejections_total", limit="concurrency") == rejected_before + 1
     finally:
         for stream in streams:
             stream.close()
@@ -177,11 +182,8 @@ def test_streams_send_keepalives_while_waiting_and_proxy_headers(guarded):
     assert lines[-1] == b"data: [DONE]"
 
 
-def metric(base_url, name):
-    text = requests.get(base_url + "/metrics", timeout=10).text
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-    assert match, text
-    return float(match.group(1))
+def metric(base_url, name, **labels):
+    return value(scrape(base_url), name, **labels)
 
 
 def short_request_seconds(base_url):
@@ -194,6 +196,7 @@ def short_request_seconds(base_url):
 
 def test_client_disconnect_aborts_generation(server):
     idle = statistics.median(short_request_seconds(server.base_url) for _ in range(3))
+    aborts_before = metric(server.base_url, "http_client_aborts_total", endpoint="/v1/chat/completions")
     streams = [open_stream(server.base_url, max_tokens=4000) for _ in range(4)]
     assert metric(server.base_url, "vllm:num_requests_running") == 4
     for stream in streams:
@@ -206,6 +209,7 @@ def test_client_disconnect_aborts_generation(server):
         time.sleep(0.1)
     assert metric(server.base_url, "vllm:num_requests_running") == 0
     assert metric(server.base_url, "vllm:num_requests_waiting") == 0
+    assert metric(server.base_url, "http_client_aborts_total", endpoint="/v1/chat/completions") == aborts_before + 4
     after = statistics.median(short_request_seconds(server.base_url) for _ in range(3))
     print(f"short request: idle {idle:.2f} s, after dropped streams {after:.2f} s")
     assert after < idle * 1.5 + 0.2
@@ -220,8 +224,10 @@ def test_request_ids_are_kept_or_made_and_logged(server):
                           headers={"X-Request-Id": "bad-request-7"})
     assert error.status_code == 400 and error.headers["X-Request-Id"] == "bad-request-7"
     time.sleep(0.5)
-    log = server.log_path.read_text(errors="replace")
-    assert "request_id=client-id-42" in log and f"request_id={made}" in log
+    logged = {record.get("request_id"): record for record in server.log_records() if record.get("event") == "request"}
+    assert logged["client-id-42"]["path"] == "/v1/models" and logged["client-id-42"]["status"] == 200
+    assert logged[made]["path"] == "/v1/models"
+    assert logged["bad-request-7"]["status"] == 400
 
 
 def test_request_body_over_the_limit_is_a_413(server):
@@ -255,6 +261,8 @@ def test_sigterm_drains_then_exits_cleanly():
         with pytest.raises(ProcessLookupError):
             os.kill(worker_pid, 0)
         assert "Shutting down: Master" in proc.log_path.read_text()
+        events = {record.get("event") for record in proc.log_records()}
+        assert {"worker_stopped", "server_stopped"} <= events
     finally:
         proc.stop()
 

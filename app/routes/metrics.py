@@ -1,11 +1,21 @@
-"""GET /metrics: Prometheus text format, with vLLM's names where the meaning is the same."""
+"""GET /metrics: Prometheus text format, with vLLM's names where the meaning is the same.
+
+Three sources in one page: the HTTP metrics (app.telemetry), two gauges read from the engine at
+scrape time, and vLLM's own engine metrics (time to first token, inter-token latency, end-to-end
+latency, queue time, token counters, KV cache usage...), which vLLM's Prometheus stat logger
+keeps in prometheus_client's default registry, next to the process metrics.
+"""
 
 from flask import Blueprint, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 bp = Blueprint("metrics", __name__)
+
+# Read from the scheduler at scrape time here. vLLM's gauges of the same names only change when
+# the engine steps, so after the last request of a burst is aborted they would stay stale.
+SCRAPE_TIME_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 
 class EngineCollector(Collector):
@@ -17,11 +27,11 @@ class EngineCollector(Collector):
     def collect(self):
         bridge = self.app.extensions["engine_bridge"]
         running, waiting = bridge.scheduler_counts()
-        labels = {"model_name": bridge.model_name}
-        for name, doc, value in (
-            ("vllm:num_requests_running", "Requests in the engine's running batch.", running),
-            ("vllm:num_requests_waiting", "Requests waiting to be scheduled by the engine.", waiting),
-        ):
+        labels = {"model_name": bridge.model_name, "engine": "0"}
+        for name, doc, value in zip(SCRAPE_TIME_GAUGES, (
+            "Number of requests in model execution batches.",
+            "Number of requests waiting to be processed.",
+        ), (running, waiting)):
             family = GaugeMetricFamily(name, doc, labels=list(labels))
             family.add_metric(list(labels.values()), value)
             yield family
@@ -29,9 +39,20 @@ class EngineCollector(Collector):
                                 value=self.app.extensions["concurrency"].in_use)
 
 
+class ProcessCollector(Collector):
+    """prometheus_client's default registry (vLLM's engine metrics, process and GC metrics)."""
+
+    def collect(self):
+        for family in REGISTRY.collect():
+            if family.name not in SCRAPE_TIME_GAUGES:
+                yield family
+
+
 def init_app(app) -> None:
     registry = CollectorRegistry()
+    registry.register(app.extensions["http_metrics"].registry)
     registry.register(EngineCollector(app))
+    registry.register(ProcessCollector())
     app.extensions["metrics_registry"] = registry
 
 
