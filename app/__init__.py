@@ -9,7 +9,7 @@ import engine_bridge
 from app import errors, guards, telemetry
 from app.config import Config
 from app.routes import register_blueprints
-from app.serving import ChatServing, CompletionServing
+from app.serving import ChatServing, CompletionServing, TokenizationServing
 from app.version import __version__
 
 __all__ = ["create_app", "__version__"]
@@ -31,6 +31,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["concurrency"] = concurrency
     app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
     app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
+    app.extensions["serving_tokenization"] = TokenizationServing(bridge)
 
     # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
     telemetry.init_app(app)

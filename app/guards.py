@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's request id is kept when it is this plain; anything else is replaced.
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Paths that need no key and count against no limit (probes and scrapers).
-OPEN_PATHS = ("/health", "/metrics")
+# Paths that need no key and count against no limit (probes, scrapers, the API description).
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json")
 
 
 def _request_id() -> str:

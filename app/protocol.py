@@ -1,4 +1,9 @@
-"""Request schemas of the OpenAI API (Marshmallow), kept side by side."""
+"""Schemas of the OpenAI API (Marshmallow), kept side by side.
+
+The request schemas validate every request; the response schemas describe what the server sends
+(for /openapi.json and the tests). Fields with a shape Marshmallow has no type for carry their
+JSON Schema in `json_schema`, which the OpenAPI document uses.
+"""
 
 from marshmallow import (
     EXCLUDE,
@@ -55,8 +60,15 @@ class StrictString(fields.String):
         return value
 
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+
+
 class MessageContent(fields.Field):
     """Message content: a string, or a list of {"type": "text", "text": ...} parts, joined."""
+
+    json_schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
@@ -73,6 +85,10 @@ class MessageContent(fields.Field):
 
 class StopSequences(fields.Field):
     """`stop`: a string or a list of up to four strings; always loaded as a tuple."""
+
+    json_schema = {"oneOf": [{"type": "string", "minLength": 1},
+                             {"type": "array", "maxItems": MAX_STOP_SEQUENCES,
+                              "items": {"type": "string", "minLength": 1}}]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
@@ -96,6 +112,13 @@ class Prompt(fields.Field):
 
     Loaded as a list of prompts, each a string or a list of token ids.
     """
+
+    json_schema = {"oneOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": {"type": "string"}},
+        _TOKEN_IDS,
+        {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": _TOKEN_IDS},
+    ]}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
@@ -235,5 +258,170 @@ class CompletionRequestSchema(SamplingSchema):
             raise ValidationError("Must be at least 1 unless echo is true.", "max_tokens")
 
 
+class TokenizeRequestSchema(_OpenAISchema):
+    """POST /tokenize (vLLM's shape): a prompt, or chat messages rendered with the chat template."""
+
+    model = StrictString(allow_none=True)
+    prompt = StrictString()
+    messages = fields.List(fields.Nested(ChatMessageSchema),
+                           validate=validate.Length(min=1, error="Must contain at least one message."))
+    add_generation_prompt = StrictBoolean(allow_none=True)
+    # Default: true for a prompt, false for messages (the chat template has its own).
+    add_special_tokens = StrictBoolean(allow_none=True)
+
+    DEFAULTS = {"add_generation_prompt": True}
+    json_schema_rules = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+
+    @validates_schema
+    def _prompt_or_messages(self, data, **kwargs):
+        if ("prompt" in data) == ("messages" in data):
+            raise ValidationError("Send either prompt or messages.", "prompt")
+
+
+class DetokenizeRequestSchema(_OpenAISchema):
+    """POST /detokenize: token ids back to text."""
+
+    model = StrictString(allow_none=True)
+    tokens = fields.List(StrictInteger(validate=validate.Range(min=0)), required=True)
+
+
 chat_completion_request = ChatCompletionRequestSchema()
 completion_request = CompletionRequestSchema()
+tokenize_request = TokenizeRequestSchema()
+detokenize_request = DetokenizeRequestSchema()
+
+
+# -- responses ---------------------------------------------------------------------------------
+# What the server sends, for /openapi.json; nullable where OpenAI sends null.
+
+
+class ErrorSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class ErrorResponseSchema(Schema):
+    """OpenAI's error envelope, for every error of every endpoint."""
+
+    error = fields.Nested(ErrorSchema, required=True)
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer(required=True)
+    completion_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+class TopLogprobSchema(Schema):
+    token = fields.String(required=True)
+    logprob = fields.Float(required=True)
+    bytes = fields.List(fields.Integer(), required=True)
+
+
+class TokenLogprobSchema(TopLogprobSchema):
+    top_logprobs = fields.List(fields.Nested(TopLogprobSchema), required=True)
+
+
+class ChatLogprobsSchema(Schema):
+    content = fields.List(fields.Nested(TokenLogprobSchema), required=True)
+
+
+class AssistantMessageSchema(Schema):
+    role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
+    content = fields.String(required=True)
+
+
+class ChatChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    message = fields.Nested(AssistantMessageSchema, required=True)
+    logprobs = fields.Nested(ChatLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class ChatCompletionSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["chat.completion"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, required=True)
+
+
+class ChatDeltaSchema(Schema):
+    role = fields.String(validate=validate.OneOf(["assistant"]))
+    content = fields.String()
+
+
+class ChatChunkChoiceSchema(Schema):
+    index = fields.Integer(required=True)
+    delta = fields.Nested(ChatDeltaSchema, required=True)
+    logprobs = fields.Nested(ChatLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class ChatCompletionChunkSchema(Schema):
+    """One `data:` event of a chat stream."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["chat.completion.chunk"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(ChatChunkChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
+class CompletionLogprobsSchema(Schema):
+    tokens = fields.List(fields.String(), required=True)
+    token_logprobs = fields.List(fields.Float(allow_none=True), required=True)
+    top_logprobs = fields.List(fields.Dict(keys=fields.String(), values=fields.Float(), allow_none=True),
+                               required=True)
+    text_offset = fields.List(fields.Integer(), required=True)
+
+
+class CompletionChoiceSchema(Schema):
+    text = fields.String(required=True)
+    index = fields.Integer(required=True)
+    logprobs = fields.Nested(CompletionLogprobsSchema, required=True, allow_none=True)
+    finish_reason = fields.String(required=True, allow_none=True)
+
+
+class CompletionSchema(Schema):
+    """A text completion, and (with object "text_completion" too) each `data:` event of its stream."""
+
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["text_completion"]))
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(CompletionChoiceSchema), required=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+
+
+class ModelSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["model"]))
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+
+
+class ModelListSchema(Schema):
+    object = fields.String(required=True, validate=validate.OneOf(["list"]))
+    data = fields.List(fields.Nested(ModelSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(
+        ["healthy", "loading", "draining", "unhealthy", "stopped"]))
+    timestamp = fields.String(required=True)
+    version = fields.String(required=True)
+
+
+class TokenizeResponseSchema(Schema):
+    count = fields.Integer(required=True)
+    max_model_len = fields.Integer(required=True)
+    tokens = fields.List(fields.Integer(), required=True)
+
+
+class DetokenizeResponseSchema(Schema):
+    prompt = fields.String(required=True)

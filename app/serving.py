@@ -69,6 +69,13 @@ class Call:
                 "total_tokens": prompt_tokens + self.completion_tokens}
 
 
+def check_model(bridge: EngineBridge, model: str) -> None:
+    """404 unless model is the one this server serves."""
+    if model != bridge.model_name:
+        raise APIError(f"The model {excerpt(model)} does not exist. This server serves {bridge.model_name!r}.",
+                       status=404, param="model", code="model_not_found")
+
+
 class OpenAIServing:
     """What chat and text completions share: validation, sampling options, collecting, streaming."""
 
@@ -99,7 +106,7 @@ class OpenAIServing:
         if unknown:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
         record.model = req["model"]
-        self._check_model(req["model"])
+        check_model(self.bridge, req["model"])
         options = self.sampling_options(req)
         prompts, prompt_texts = self.prompts(req)
         for prompt in prompts:
@@ -144,12 +151,6 @@ class OpenAIServing:
         return []
 
     # -- shared --------------------------------------------------------------------------------
-
-    def _check_model(self, model: str) -> None:
-        if model != self.bridge.model_name:
-            raise APIError(f"The model {excerpt(model)} does not exist. "
-                           f"This server serves {self.bridge.model_name!r}.",
-                           status=404, param="model", code="model_not_found")
 
     def sampling_options(self, req: dict) -> SamplingOptions:
         if req["max_tokens"] > self.max_output_tokens:
@@ -416,3 +417,42 @@ class CompletionServing(OpenAIServing):
             logprobs_body = self._logprobs(entries, offset)
             call.text_offsets[index] = offset + sum(len(e.token) for e in entries)
         return {"text": text, "index": index, "logprobs": logprobs_body, "finish_reason": None}
+
+
+class TokenizationServing:
+    """POST /tokenize and /detokenize: the served model's tokenizer, as vLLM's server offers it."""
+
+    def __init__(self, bridge: EngineBridge):
+        self.bridge = bridge
+
+    def _check_model(self, model: str | None, record: RequestRecord) -> None:
+        """model is optional here, as in vLLM's server."""
+        record.model = model or self.bridge.model_name
+        if model is not None:
+            check_model(self.bridge, model)
+
+    def tokenize(self, body: dict, record: RequestRecord | None = None) -> dict:
+        record = record or RequestRecord()
+        req = protocol.tokenize_request.load(body)
+        self._check_model(req.get("model"), record)
+        if "messages" in req:
+            messages = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
+            tokens = self.bridge.render_chat(messages, add_generation_prompt=req["add_generation_prompt"],
+                                             add_special_tokens=bool(req.get("add_special_tokens")))
+        else:
+            add_special = req.get("add_special_tokens")
+            tokens = self.bridge.tokenize(req["prompt"], add_special_tokens=True if add_special is None else add_special)
+        record.prompt_tokens = len(tokens)
+        return {"count": len(tokens), "max_model_len": self.bridge.max_model_len, "tokens": tokens}
+
+    def detokenize(self, body: dict, record: RequestRecord | None = None) -> dict:
+        record = record or RequestRecord()
+        req = protocol.detokenize_request.load(body)
+        self._check_model(req.get("model"), record)
+        vocab_size = self.bridge.vocab_size
+        for i, token in enumerate(req["tokens"]):
+            if token >= vocab_size:
+                raise APIError(f"Token id {token} is out of the vocabulary (0..{vocab_size - 1}).",
+                               param=f"tokens[{i}]")
+        record.prompt_tokens = len(req["tokens"])
+        return {"prompt": self.bridge.detokenize(req["tokens"])}

@@ -254,17 +254,25 @@ class EngineBridge:
 
     # -- request side (greenlets) -----------------------------------------------------------
 
-    def render_chat(self, messages: list[dict]) -> list[int]:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    add_special_tokens: bool = False) -> list[int]:
         """Token ids of the model's chat template applied to messages, ready for generation."""
         self._require_ready()
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False,
+                                                   add_generation_prompt=add_generation_prompt)
         # The template already holds every special token the model expects.
-        return self._tokenizer.encode(text, add_special_tokens=False)
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a plain completion prompt, with the tokenizer's usual special tokens."""
         self._require_ready()
-        return self._tokenizer.encode(text)
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to vocab_size - 1 (added tokens included)."""
+        self._require_ready()
+        return len(self._tokenizer)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of token_ids."""

@@ -5,6 +5,7 @@ import time
 from types import SimpleNamespace
 
 DEFAULT_ANSWER = "Hello from the stand-in engine ."
+VOCAB_SIZE = 1000
 
 
 class StandInTokenizer:
@@ -16,6 +17,13 @@ class StandInTokenizer:
 
     def encode(self, text, add_special_tokens=True):
         return [len(word) for word in text.split()]
+
+    def decode(self, token_ids):
+        """A word of each id's length, so encode(decode(ids)) == ids for ids of 1 and up."""
+        return " ".join("w" * token_id for token_id in token_ids)
+
+    def __len__(self):
+        return VOCAB_SIZE
 
 
 class StandInEngine:

@@ -143,3 +143,20 @@ def test_health_answers_quickly_while_the_engine_is_busy(server):
     print(f"/health while busy: median {statistics.median(latencies) * 1000:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms")
     assert max(latencies) < 0.100
+
+
+def test_tokenize_matches_the_models_tokenizer_and_the_engines_count(server, client):
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    text = "The quick brown fox jumps over the lazy dog."
+    tokens = requests.post(server.base_url + "/tokenize", json={"prompt": text}, timeout=30).json()
+    assert tokens["tokens"] == tokenizer.encode(text)
+    assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 8192
+    detokenized = requests.post(server.base_url + "/detokenize", json={"tokens": tokens["tokens"]}, timeout=30)
+    assert detokenized.json() == {"prompt": text}
+    # The chat template renders the same prompt the chat endpoint counts.
+    chat_tokens = requests.post(server.base_url + "/tokenize", timeout=30,
+                                json={"model": DEFAULT_MODEL_NAME, "messages": CAPITAL_QUESTION}).json()
+    response = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=CAPITAL_QUESTION, max_tokens=1)
+    assert chat_tokens["count"] == response.usage.prompt_tokens
+    outside = requests.post(server.base_url + "/detokenize", json={"tokens": [len(tokenizer)]}, timeout=30)
+    assert outside.status_code == 400 and outside.json()["error"]["param"] == "tokens[0]"

@@ -1,9 +1,9 @@
 """One blueprint per resource; register_blueprints wires them all."""
 
-from app.routes import chat, completions, health, metrics, models
+from app.routes import chat, completions, docs, health, metrics, models, tokenize
 
 
 def register_blueprints(app) -> None:
     metrics.init_app(app)
-    for module in (health, models, metrics, chat, completions):
+    for module in (health, models, metrics, docs, chat, completions, tokenize):
         app.register_blueprint(module.bp)

@@ -4,6 +4,8 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify
 
+from app import protocol
+from app.openapi import documented
 from app.version import __version__
 from engine_bridge import EngineState
 
@@ -19,6 +21,9 @@ _NOT_READY_STATUS = {
 
 
 @bp.get("/health")
+@documented("Whether this worker can generate: 200 when the engine is ready, else 503.",
+            response=protocol.HealthSchema, tags=("server",),
+            responses={"503": ("Loading, draining, unhealthy (engine failed) or stopped.", protocol.HealthSchema)})
 def health():
     state = current_app.extensions["engine_bridge"].state
     ready = state is EngineState.READY

@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from app.openapi import documented
+
 bp = Blueprint("metrics", __name__)
 
 # Read from the scheduler at scrape time here. vLLM's gauges of the same names only change when
@@ -57,5 +59,7 @@ def init_app(app) -> None:
 
 
 @bp.get("/metrics")
+@documented("Prometheus metrics (text format): vLLM's engine metrics and the HTTP metrics.",
+            text="text/plain", tags=("server",))
 def metrics():
     return Response(generate_latest(current_app.extensions["metrics_registry"]), mimetype=CONTENT_TYPE_LATEST)

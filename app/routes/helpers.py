@@ -1,4 +1,4 @@
-"""Reading and answering JSON bodies, shared by the generation blueprints."""
+"""Reading and answering JSON bodies: for the project's blueprints and yours."""
 
 from flask import g, jsonify, request
 

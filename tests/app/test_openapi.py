@@ -1,0 +1,91 @@
+"""/openapi.json: a valid OpenAPI 3 document that agrees with the schemas the server validates with."""
+
+import json
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate
+
+from tests.conftest import STAND_IN_MODEL
+from tests.stand_in import VOCAB_SIZE
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def validator(document, name):
+    """A validator for components.schemas[name], resolving its $refs inside the document."""
+    return OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+
+
+def test_the_document_is_valid_openapi_3(document):
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+def test_every_route_is_documented_with_the_error_envelope(client, document):
+    routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    assert routes == set(document["paths"])
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "200" in operation["responses"], (method, path)
+            error = operation["responses"]["500"]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path)
+    chat = document["paths"][CHAT]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"}
+    assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+
+
+def test_request_schemas_carry_the_validation_rules_and_the_servers_limits(document):
+    schemas = document["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]
+    assert set(chat["required"]) == {"model", "messages"}
+    assert chat["properties"]["model"]["enum"] == [STAND_IN_MODEL]
+    assert chat["properties"]["temperature"] == {"type": "number", "minimum": 0, "maximum": 2, "nullable": True,
+                                                       "default": 1.0}
+    assert chat["properties"]["max_tokens"]["maximum"] == 4096
+    assert chat["properties"]["top_p"]["exclusiveMinimum"] is True
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]
+    token_ids = schemas["CompletionRequest"]["properties"]["prompt"]["oneOf"][2]
+    assert token_ids["items"]["maximum"] == VOCAB_SIZE - 1
+
+
+def test_the_documented_schemas_accept_and_refuse_what_the_server_does(client, document):
+    check = validator(document, "ChatCompletionRequest")
+    good = {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    bad = [{**good, "temperature": 3}, {**good, "messages": []}, {**good, "n": "2"},
+           {**good, "messages": [{"role": "tool", "content": "x"}]}, {**good, "stop": ["a"] * 5}]
+    assert check.is_valid(good)
+    assert client.post(CHAT, json=good).status_code == 200
+    for body in bad:
+        assert not check.is_valid(body), body
+        assert client.post(CHAT, json=body).status_code == 400, body
+    tokenize = validator(document, "TokenizeRequest")
+    assert not tokenize.is_valid({"prompt": "a", "messages": [{"role": "user", "content": "b"}]})
+    assert not tokenize.is_valid({})
+
+
+def test_responses_match_their_documented_schemas(client, document):
+    body = {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "logprobs": True, "top_logprobs": 2}
+    validator(document, "ChatCompletion").validate(client.post(CHAT, json=body).get_json())
+    stream = client.post(CHAT, json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    events = [e.removeprefix("data: ") for e in stream.get_data(as_text=True).split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunk = validator(document, "ChatCompletionChunk")
+    for event in events[:-1]:
+        chunk.validate(json.loads(event))
+    completion = client.post("/v1/completions", json={"model": STAND_IN_MODEL, "prompt": "a b", "max_tokens": 2,
+                                                      "logprobs": 1, "echo": True})
+    validator(document, "Completion").validate(completion.get_json())
+    validator(document, "ErrorResponse").validate(client.post(CHAT, json={}).get_json())
+    validator(document, "ModelList").validate(client.get("/v1/models").get_json())
+    validator(document, "Health").validate(client.get("/health").get_json())
+    validator(document, "TokenizeResponse").validate(client.post("/tokenize", json={"prompt": "a bb"}).get_json())
