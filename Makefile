@@ -52,10 +52,14 @@ serve: model
 	@echo "==> starting gunicorn on http://$(HOST):$(PORT) (the engine loads first; /health says when it is ready)"
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The tests start a real redis-server (shared rate limits); Debian's package, installed once.
+# The tests start a real redis-server (shared rate limits) and a real nginx (deploy/nginx);
+# Debian's packages, installed once.
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx-light
 system-packages:
-	@command -v redis-server >/dev/null || { echo "==> installing redis-server (Debian package)"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+	@missing="$$(for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || echo $${pair#*:}; done)"; \
+	if [ -n "$$missing" ]; then echo "==> installing Debian packages:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 test: model system-packages $(BENCH_INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests

@@ -80,18 +80,19 @@ def free_port() -> int:
 class ServerProcess:
     """The real gunicorn + gevent server, started as `make serve` starts it, on a loopback port."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: dict | None = None, command: list[str] | None = None, cwd: Path = ROOT):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
+        self.env = {**os.environ, **(env or {}), "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self.command = command or [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        self.cwd = cwd
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + SERVER_START_TIMEOUT
