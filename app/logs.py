@@ -7,7 +7,6 @@ when stderr is a terminal and JSON otherwise (systemd, containers, files).
 
 import json
 import logging
-import logging.config
 import os
 import sys
 from datetime import datetime, timezone
@@ -90,7 +89,3 @@ def logging_config(log_format: str | None = None, level: str | None = None, acce
         },
     }
 
-
-def configure(log_format: str | None = None, level: str | None = None) -> None:
-    """Apply logging_config to this process (for `flask run` and scripts; gunicorn uses logconfig_dict)."""
-    logging.config.dictConfig(logging_config(log_format, level))

@@ -440,8 +440,8 @@ class TokenizationServing:
             tokens = self.bridge.render_chat(messages, add_generation_prompt=req["add_generation_prompt"],
                                              add_special_tokens=bool(req.get("add_special_tokens")))
         else:
-            add_special = req.get("add_special_tokens")
-            tokens = self.bridge.tokenize(req["prompt"], add_special_tokens=True if add_special is None else add_special)
+            add_special_tokens = req.get("add_special_tokens")
+            tokens = self.bridge.tokenize(req["prompt"], add_special_tokens=add_special_tokens is not False)
         record.prompt_tokens = len(tokens)
         return {"count": len(tokens), "max_model_len": self.bridge.max_model_len, "tokens": tokens}
 

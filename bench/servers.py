@@ -178,7 +178,7 @@ class VllmServer(Server):
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", str(self.model_dir), "--served-model-name", MODEL_NAME,
                 "--host", HOST, "--port", str(self.port),
-                "--dtype", "float32", "--enforce-eager", "--seed", "0", "--disable-log-stats",
+                "--dtype", "float32", "--enforce-eager", "--seed", "0",
                 "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching"]
 
     def env(self) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from flask import Blueprint, current_app, jsonify
 
 from app.openapi import build_spec, documented
+from engine_bridge import EngineState
 
 bp = Blueprint("docs", __name__)
 
@@ -11,8 +12,11 @@ bp = Blueprint("docs", __name__)
 @documented("This document: OpenAPI 3, generated from the request and response schemas.",
             response={"type": "object"}, tags=("server",))
 def openapi_document():
-    # Built on first use, after every blueprint (the app's own and any added later) is registered.
+    # Built on first use, after every blueprint (the app's own and any added later) is registered,
+    # and kept once the engine is ready (its vocabulary size is part of the document).
     spec = current_app.extensions.get("openapi_document")
     if spec is None:
-        spec = current_app.extensions["openapi_document"] = build_spec(current_app)
+        spec = build_spec(current_app)
+        if current_app.extensions["engine_bridge"].state is EngineState.READY:
+            current_app.extensions["openapi_document"] = spec
     return jsonify(spec)

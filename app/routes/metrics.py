@@ -41,7 +41,7 @@ class EngineCollector(Collector):
                                 value=self.app.extensions["concurrency"].in_use)
 
 
-class ProcessCollector(Collector):
+class DefaultRegistryCollector(Collector):
     """prometheus_client's default registry (vLLM's engine metrics, process and GC metrics)."""
 
     def collect(self):
@@ -54,7 +54,7 @@ def init_app(app) -> None:
     registry = CollectorRegistry()
     registry.register(app.extensions["http_metrics"].registry)
     registry.register(EngineCollector(app))
-    registry.register(ProcessCollector())
+    registry.register(DefaultRegistryCollector())
     app.extensions["metrics_registry"] = registry
 
 
