@@ -49,9 +49,9 @@ def post_fork(server, worker):
                              extra={"fields": {"event": "engine_failed"}})
     else:
         urls = [str(sock) for sock in worker.sockets]
-        local = [url.replace("://0.0.0.0:", "://127.0.0.1:") for url in urls]
+        local = urls[0].replace("://0.0.0.0:", "://127.0.0.1:")
         worker.log.info("ready: serving %s on %s (try: curl %s/v1/models)", bridge.model_name, ", ".join(urls),
-                        local[0], extra={"fields": {"event": "ready", "model": bridge.model_name, "listen": urls}})
+                        local, extra={"fields": {"event": "ready", "model": bridge.model_name, "listen": urls}})
     engine_bridge.install(bridge)
 
 

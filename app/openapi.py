@@ -133,8 +133,7 @@ def build_spec(app) -> dict:
     )
     plugin.converter.add_attribute_function(_field_schema)
     # Stream chunks appear only in descriptions; list them as components so clients can use them.
-    stream_schemas = {view.openapi.stream for view in app.view_functions.values()
-                      if getattr(view, "openapi", None) is not None and view.openapi.stream is not None}
+    stream_schemas = {op.stream for op in _operations(app) if op.stream is not None}
     for schema in sorted(stream_schemas, key=_schema_name):
         if _schema_name(schema) not in spec.components.schemas:
             spec.components.schema(_schema_name(schema), schema=schema)
@@ -153,15 +152,14 @@ def build_spec(app) -> dict:
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    _apply_schema_rules(document, _schema_classes(app))
+    _apply_schema_rules(document, {op.request for op in _operations(app) if op.request is not None})
     _apply_server_limits(document, app)
     return document
 
 
-def _schema_classes(app) -> set:
-    """The request schema classes of every documented view."""
-    return {view.openapi.request for view in app.view_functions.values()
-            if getattr(view, "openapi", None) is not None and view.openapi.request is not None}
+def _operations(app) -> list[Operation]:
+    """What @documented recorded on each of app's views."""
+    return [view.openapi for view in app.view_functions.values() if getattr(view, "openapi", None) is not None]
 
 
 def _openapi_path(rule: str) -> str:

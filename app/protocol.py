@@ -340,11 +340,16 @@ class ChatChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class ChatCompletionSchema(Schema):
+class _ResponseHeaderSchema(Schema):
+    """What every completion and chunk starts with (serving's Call.header)."""
+
     id = fields.String(required=True)
-    object = fields.String(required=True, validate=validate.OneOf(["chat.completion"]))
     created = fields.Integer(required=True)
     model = fields.String(required=True)
+
+
+class ChatCompletionSchema(_ResponseHeaderSchema):
+    object = fields.String(required=True, validate=validate.OneOf(["chat.completion"]))
     choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
     usage = fields.Nested(UsageSchema, required=True)
 
@@ -361,13 +366,10 @@ class ChatChunkChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class ChatCompletionChunkSchema(Schema):
+class ChatCompletionChunkSchema(_ResponseHeaderSchema):
     """One `data:` event of a chat stream."""
 
-    id = fields.String(required=True)
     object = fields.String(required=True, validate=validate.OneOf(["chat.completion.chunk"]))
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
     choices = fields.List(fields.Nested(ChatChunkChoiceSchema), required=True)
     usage = fields.Nested(UsageSchema, allow_none=True)
 
@@ -387,13 +389,10 @@ class CompletionChoiceSchema(Schema):
     finish_reason = fields.String(required=True, allow_none=True)
 
 
-class CompletionSchema(Schema):
+class CompletionSchema(_ResponseHeaderSchema):
     """A text completion, and (with object "text_completion" too) each `data:` event of its stream."""
 
-    id = fields.String(required=True)
     object = fields.String(required=True, validate=validate.OneOf(["text_completion"]))
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
     choices = fields.List(fields.Nested(CompletionChoiceSchema), required=True)
     usage = fields.Nested(UsageSchema, allow_none=True)
 

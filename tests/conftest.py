@@ -126,6 +126,17 @@ class ServerProcess:
                 records.append(json.loads(line))
         return records
 
+    def request_log_line(self, request_id: str, timeout: float = 5.0) -> dict:
+        """The server's log line for request_id (written when the response ends, a moment after
+        the client has it all)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.log_records():
+                if record.get("event") == "request" and record.get("request_id") == request_id:
+                    return record
+            time.sleep(0.1)
+        raise AssertionError(f"no log line for request {request_id}:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -117,16 +117,6 @@ def request(nginx: Nginx, method: str, path: str, body: dict | None = None, head
     return conn, conn.getresponse()
 
 
-def server_line(server: ServerProcess, request_id: str) -> dict:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for record in server.log_records():
-            if record.get("event") == "request" and record.get("request_id") == request_id:
-                return record
-        time.sleep(0.1)
-    raise AssertionError(f"no server log line for {request_id}")
-
-
 def test_streams_pass_through_nginx_event_by_event(deployed):
     server, nginx = deployed
     body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": "Tell me a story."}],
@@ -162,7 +152,7 @@ def test_request_id_and_client_address_pass_through(deployed):
     assert response.status == 200 and json.loads(response.read())["data"][0]["id"] == DEFAULT_MODEL_NAME
     conn.close()
     assert response.getheader("X-Request-Id") == "deploy-req-1"
-    line = server_line(server, "deploy-req-1")
+    line = server.request_log_line("deploy-req-1")
     assert line["client"] == CLIENT_ADDRESS
     assert "request_id=deploy-req-1" in nginx.access_log.read_text()
 
@@ -172,7 +162,7 @@ def test_request_id_and_client_address_pass_through(deployed):
     conn.close()
     made = response.getheader("X-Request-Id")
     assert re.fullmatch(r"[0-9a-f]{32}", made)
-    assert server_line(server, made)["client"] == CLIENT_ADDRESS
+    assert server.request_log_line(made)["client"] == CLIENT_ADDRESS
     assert f"request_id={made}" in nginx.access_log.read_text()
 
     # A client cannot forge its address: the server trusts only the hop nginx added.
@@ -180,7 +170,7 @@ def test_request_id_and_client_address_pass_through(deployed):
                                                                   "X-Forwarded-For": "203.0.113.9"})
     response.read()
     conn.close()
-    assert server_line(server, "deploy-req-2")["client"] == CLIENT_ADDRESS
+    assert server.request_log_line("deploy-req-2")["client"] == CLIENT_ADDRESS
 
 
 def test_errors_arrive_as_the_servers_envelopes(deployed):

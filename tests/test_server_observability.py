@@ -1,7 +1,6 @@
 """Metrics and logs of the real server, as Prometheus and a log pipeline see them."""
 
 import re
-import time
 
 import openai
 import pytest
@@ -18,17 +17,6 @@ NATIVE_LINE = re.compile(r"^\[[WEIF]\d{4} ")
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key="not-needed", max_retries=0)
-
-
-def request_line(server, request_id):
-    # The line is written when the response ends, a moment after the client has it all.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for record in server.log_records():
-            if record.get("event") == "request" and record.get("request_id") == request_id:
-                return record
-        time.sleep(0.1)
-    raise AssertionError(f"no log line for request {request_id}:\n{server.log_tail()}")
 
 
 def test_a_generation_moves_vllms_metrics_and_the_http_metrics(server, client):
@@ -68,7 +56,7 @@ def test_each_request_is_one_json_line(server, client):
         stream_options={"include_usage": True}, extra_headers={"X-Request-Id": "observe-1"},
         extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "Say hello."}])
     usage = [chunk.usage for chunk in stream][-1]
-    line = request_line(server, "observe-1")
+    line = server.request_log_line("observe-1")
     assert line["level"] == "info" and line["logger"] == "app.requests"
     assert (line["method"], line["path"], line["status"]) == ("POST", CHAT, 200)
     assert line["model"] == DEFAULT_MODEL_NAME
@@ -78,7 +66,7 @@ def test_each_request_is_one_json_line(server, client):
 
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=[], extra_headers={"X-Request-Id": "observe-2"})
-    line = request_line(server, "observe-2")
+    line = server.request_log_line("observe-2")
     assert (line["status"], line["error_code"]) == (400, "invalid_request_error")
 
 
