@@ -25,6 +25,7 @@ import gevent.queue
 from engine_bridge.conversion import client_errors, rejection, sampling_params, update_from_output
 from engine_bridge.engine import build_engine
 from engine_bridge.errors import ContextLengthExceeded, EngineFailed, EngineNotReady
+from engine_bridge.offload import run_off_hub
 from engine_bridge.settings import EngineSettings
 from engine_bridge.types import GenerationUpdate, SamplingOptions
 
@@ -162,6 +163,9 @@ class EngineBridge:
         self._tokenizer_factory = tokenizer_factory
         self._engine = None
         self._tokenizer = None
+        self._tokenizer_source: str | None = None
+        # One tokenizer per offload thread: HF fast tokenizers must not be shared across threads.
+        self._thread_tokenizers = threading.local()
         self._inbox: SimpleQueue = SimpleQueue()
         # request id -> (stream, prompt index); touched by the engine thread only.
         self._streams: dict[str, tuple[GenerationStream, int]] = {}
@@ -229,13 +233,24 @@ class EngineBridge:
                                    "max_model_len": self.max_model_len}})
 
     def _make_tokenizer(self, engine):
-        # A tokenizer of our own for the request side: the engine thread detokenizes with the
+        # Tokenizers of our own for the request side: the engine thread detokenizes with the
         # engine's instance, and HF fast tokenizers must not be shared across threads.
+        self._tokenizer_source = engine.model_config.tokenizer
+        return self._new_tokenizer()
+
+    def _new_tokenizer(self):
         if self._tokenizer_factory is not None:
             return self._tokenizer_factory(self.settings.model)
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(engine.model_config.tokenizer)
+        return AutoTokenizer.from_pretrained(self._tokenizer_source)
+
+    def _thread_tokenizer(self):
+        """This thread's own tokenizer (offload threads each load one on first use)."""
+        tokenizer = getattr(self._thread_tokenizers, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._thread_tokenizers.tokenizer = self._new_tokenizer()
+        return tokenizer
 
     def begin_drain(self) -> None:
         """Refuse new requests from now on; requests in flight go on."""
@@ -254,19 +269,25 @@ class EngineBridge:
 
     # -- request side (greenlets) -----------------------------------------------------------
 
+    # Templating, tokenizing and detokenizing run in offload threads (engine_bridge.offload):
+    # their cost grows with the input, and on the gevent hub it would pause every stream.
+
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
                     add_special_tokens: bool = False) -> list[int]:
         """Token ids of the model's chat template applied to messages, ready for generation."""
         self._require_ready()
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False,
-                                                   add_generation_prompt=add_generation_prompt)
+        return run_off_hub(self._render_chat, messages, add_generation_prompt, add_special_tokens)
+
+    def _render_chat(self, messages, add_generation_prompt, add_special_tokens) -> list[int]:
+        tokenizer = self._thread_tokenizer()
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         # The template already holds every special token the model expects.
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a plain completion prompt, with the tokenizer's usual special tokens."""
         self._require_ready()
-        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return run_off_hub(lambda: self._thread_tokenizer().encode(text, add_special_tokens=add_special_tokens))
 
     @property
     def vocab_size(self) -> int:
@@ -277,11 +298,12 @@ class EngineBridge:
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of token_ids."""
         self._require_ready()
-        return self._tokenizer.decode(list(token_ids))
+        return run_off_hub(lambda: self._thread_tokenizer().decode(list(token_ids)))
 
-    def token_text(self, token_id: int) -> str:
-        """The text of one token on its own."""
-        return self.detokenize([token_id])
+    def token_texts(self, token_ids: Sequence[int]) -> list[str]:
+        """The text of each token on its own."""
+        self._require_ready()
+        return run_off_hub(lambda: [self._thread_tokenizer().decode([t]) for t in token_ids])
 
     def generate(self, prompts: Sequence[Sequence[int]], options: SamplingOptions,
                  request_id: str | None = None) -> GenerationStream:
@@ -377,6 +399,12 @@ class EngineBridge:
             self._engine.add_request(request_id, prompt, params)
         except client_errors() as exc:
             self._send([(stream, rejection(exc))])
+            return
+        except Exception as exc:
+            # add_request refused this one request in a way nobody foresaw: fail the request, not
+            # the engine and every other request with it.
+            log.exception("the engine could not take request %s", request_id)
+            self._send([(stream, EngineFailed(f"the engine could not take the request: {type(exc).__name__}"))])
             return
         self._streams[request_id] = (stream, index)
 
