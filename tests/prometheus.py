@@ -19,7 +19,20 @@ def scrape_text(text: str) -> dict:
     return samples
 
 
-def value(samples: dict, name: str, **labels) -> float:
-    """The sum of name's samples whose labels include labels (0 when there is none)."""
+_MISSING = object()
+
+
+def value(samples: dict, name: str, default=_MISSING, **labels) -> float:
+    """The sum of name's samples whose labels include labels.
+
+    A missing series fails the test (a renamed metric must not read as 0) unless a default is
+    given, for a labelled series that only appears once something has happened.
+    """
     wanted = set(labels.items())
-    return sum(v for (n, sample_labels), v in samples.items() if n == name and wanted <= sample_labels)
+    matches = [v for (n, sample_labels), v in samples.items() if n == name and wanted <= sample_labels]
+    if not matches:
+        if default is not _MISSING:
+            return default
+        known = sorted({n for n, _ in samples if n.split("_")[0] == name.split("_")[0]})[:20]
+        raise AssertionError(f"no series {name}{labels or ''} on /metrics (similar: {known})")
+    return sum(matches)

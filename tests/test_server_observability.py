@@ -27,7 +27,8 @@ def test_a_generation_moves_vllms_metrics_and_the_http_metrics(server, client):
     after = scrape(server.base_url)
 
     def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+        # A labelled series may first appear with this request; after it, it must exist.
+        return value(after, name, **labels) - value(before, name, default=0, **labels)
 
     usage = response.usage
     assert usage.completion_tokens == 12
