@@ -24,8 +24,14 @@ class Config:
     # Comma-separated keys and/or a file of keys, one per line; none means an open server.
     API_KEYS = os.environ.get("API_KEYS", "")
     API_KEYS_FILE = os.environ.get("API_KEYS_FILE", "")
-    # Generations running at once; the next request gets an immediate 429.
+    # Sequences generating at once (a request weighs prompts x n); the next request gets an
+    # immediate 429.
     MAX_CONCURRENT = _int("MAX_CONCURRENT", 100)
+    # The most sequences (prompts x n) one request may ask for; more is a 400.
+    MAX_SEQUENCES_PER_REQUEST = _int("MAX_SEQUENCES_PER_REQUEST", 16)
+    # The most tokens one request may cost: its prompts' tokens plus max_tokens for every
+    # sequence. 0: twice the largest single generation (2 x (MAX_PROMPT_TOKENS + MAX_OUTPUT_TOKENS)).
+    MAX_REQUEST_TOKENS = _int("MAX_REQUEST_TOKENS", 0)
     # Proxies in front that set X-Forwarded-For (1 behind one nginx); 0 trusts no such header.
     TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
     # Seconds between `: keep-alive` comments while a stream waits for its first or next token.

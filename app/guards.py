@@ -6,7 +6,6 @@ import logging
 import re
 import uuid
 
-import gevent.lock
 from flask import Flask, g, request
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -50,24 +49,27 @@ def load_api_keys(config) -> list[str]:
 
 
 class ConcurrencyLimit:
-    """At most `limit` generations at once in this worker; the next is refused, never queued."""
+    """At most `limit` sequences generating at once in this worker; the next request is refused, never queued.
+
+    A request weighs its number of sequences (prompts x n), so one request with many prompts
+    cannot hold the engine under a single slot. Greenlets never yield inside acquire or release,
+    so a plain counter is safe.
+    """
 
     def __init__(self, limit: int):
         self.limit = limit
-        self._slots = gevent.lock.BoundedSemaphore(limit)
+        self.in_use = 0
 
-    @property
-    def in_use(self) -> int:
-        return self.limit - self._slots.counter
+    def acquire(self, weight: int = 1) -> None:
+        if self.in_use + weight > self.limit:
+            raise APIError(f"The server is generating its maximum of {self.limit} sequences at once "
+                           f"({self.in_use} in use, this request needs {weight}). Please retry shortly.",
+                           status=429, type="requests", code="concurrency_limit_exceeded",
+                           headers={"Retry-After": "1"})
+        self.in_use += weight
 
-    def acquire(self) -> None:
-        if not self._slots.acquire(blocking=False):
-            raise APIError(f"The server is handling its maximum of {self.limit} concurrent requests. "
-                           "Please retry shortly.", status=429, type="requests",
-                           code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-
-    def release(self) -> None:
-        self._slots.release()
+    def release(self, weight: int = 1) -> None:
+        self.in_use -= weight
 
 
 def _rate_limit_key() -> str:

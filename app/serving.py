@@ -1,5 +1,6 @@
 """Serving objects: turn a validated OpenAI request into engine calls and engine output into responses."""
 
+import functools
 import logging
 import time
 import uuid
@@ -12,8 +13,14 @@ from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
 from app.guards import ConcurrencyLimit
 from app.telemetry import RequestRecord
+from engine_bridge.offload import run_off_hub
 
 log = logging.getLogger(__name__)
+
+# How often a request waiting for the engine checks whether its client is still there.
+CLIENT_CHECK_SECONDS = 0.25
+# nginx's "client closed request": logged for a request whose client left; nobody receives it.
+CLIENT_CLOSED_STATUS = 499
 
 
 @dataclass
@@ -47,6 +54,8 @@ class Call:
     text_offsets: dict[int, int] = field(default_factory=dict)
     # A stream sent everything up to [DONE]; closed before that, its client went away.
     completed: bool = False
+    # Whether the client has closed its connection (routes.helpers.client_gone_probe).
+    client_gone: Callable[[], bool] = lambda: False
 
     def choice_index(self, prompt_index: int, index: int) -> int:
         """OpenAI numbers choices prompt by prompt: prompt i's choices are i*n .. i*n+n-1."""
@@ -90,50 +99,67 @@ class OpenAIServing:
         self.concurrency = concurrency
         self.max_prompt_tokens = config["MAX_PROMPT_TOKENS"]
         self.max_output_tokens = config["MAX_OUTPUT_TOKENS"]
+        # A request heavier than the whole cap could never run: the cap bounds it too.
+        self.max_sequences = min(config["MAX_SEQUENCES_PER_REQUEST"], concurrency.limit)
+        self.max_request_tokens = config["MAX_REQUEST_TOKENS"] or 2 * (self.max_prompt_tokens + self.max_output_tokens)
         self.keepalive_seconds = config["SSE_KEEPALIVE_SECONDS"]
 
-    def create(self, body: dict, request_id: str | None = None,
-               record: RequestRecord | None = None) -> "dict | EventStream":
+    def create(self, body: dict, request_id: str | None = None, record: RequestRecord | None = None,
+               client_gone: Callable[[], bool] | None = None) -> "dict | EventStream":
         """The response body for body, or the SSE events when it asks to stream.
 
-        A generation holds one of the concurrency slots until its response is complete (or its
-        client gone); request_id becomes the prefix of its engine request ids; record gets the
-        model, token counts and time to first token for the request's log line and metrics.
+        A generation holds one concurrency slot per sequence (prompts x n) until its response is
+        complete or its client gone (client_gone() says so; the engine work is then aborted);
+        request_id becomes the prefix of its engine request ids; record gets the model, token
+        counts and time to first token for the request's log line and metrics.
         """
         record = record or RequestRecord()
-        req = self.schema.load(body)
+        client_gone = client_gone or (lambda: False)
+        # Validation walks every message and token id: for a large body that is real CPU work.
+        req = run_off_hub(self.schema.load, body)
         unknown = set(body) - set(self.schema.fields)
         if unknown:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
         record.model = req["model"]
         check_model(self.bridge, req["model"])
         options = self.sampling_options(req)
-        prompts, prompt_texts = self.prompts(req)
-        for prompt in prompts:
-            self._check_prompt_length(len(prompt))
-        response_id = f"{self.id_prefix}{uuid.uuid4().hex}"
-        header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
-                  "model": req["model"]}
-        call = Call(req, header, prompts, prompt_texts, options.n, record=record,
-                    discard_generated=req["max_tokens"] == 0)
-        self.concurrency.acquire()
+        # The request's weight, known before any tokenizing: refused if it is over the per-request
+        # bounds, then it takes that many concurrency slots.
+        sequences = self.prompt_count(req) * options.n
+        self._check_sequences(req, sequences)
+        self._check_tokens(sequences * options.max_tokens, 0, req)
+        self.concurrency.acquire(sequences)
+        release = functools.partial(self.concurrency.release, sequences)
         try:
+            prompts, prompt_texts = self.prompts(req)
+            for prompt in prompts:
+                self._check_prompt_length(len(prompt))
+            self._check_tokens(sequences * options.max_tokens, sum(len(p) for p in prompts), req)
+            response_id = f"{self.id_prefix}{uuid.uuid4().hex}"
+            header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
+                      "model": req["model"]}
+            call = Call(req, header, prompts, prompt_texts, options.n, record=record,
+                        discard_generated=req["max_tokens"] == 0, client_gone=client_gone)
             stream = self.bridge.generate(prompts, options, request_id=request_id or response_id)
         except BaseException:
-            self.concurrency.release()
+            release()
             raise
         if req["stream"]:
-            return EventStream(self._stream(stream, call), stream, call, self.concurrency.release)
+            return EventStream(self._stream(stream, call), stream, call, release)
         try:
             return self._collect(stream, call)
         finally:
-            self.concurrency.release()
+            release()
 
     # -- per endpoint --------------------------------------------------------------------------
 
     def prompts(self, req: dict) -> tuple[list[list[int]], list[str | None]]:
         """The prompts as token ids, and their texts where the client sent text."""
         raise NotImplementedError
+
+    def prompt_count(self, req: dict) -> int:
+        """How many prompts the request holds (known before tokenizing)."""
+        return 1
 
     def extra_options(self, req: dict) -> dict:
         """Endpoint-specific SamplingOptions fields (logprobs)."""
@@ -179,6 +205,27 @@ class OpenAIServing:
             **self.extra_options(req),
         )
 
+    def _check_sequences(self, req: dict, sequences: int) -> None:
+        if sequences <= self.max_sequences:
+            return
+        prompts = self.prompt_count(req)
+        param = self.prompt_param if prompts > self.max_sequences else "n"
+        raise APIError(f"This request asks for {sequences} sequences ({prompts} prompt(s) x n={req['n']}); this "
+                       f"server generates at most {self.max_sequences} sequences per request. Send fewer "
+                       "prompts or a smaller n, or split the request.", param=param)
+
+    def _check_tokens(self, output_tokens: int, prompt_tokens: int, req: dict) -> None:
+        """Prompt tokens plus max_tokens for every sequence must fit the per-request bound."""
+        if output_tokens + prompt_tokens <= self.max_request_tokens:
+            return
+        if output_tokens > self.max_request_tokens or not prompt_tokens:
+            param = "max_completion_tokens" if req.get("max_completion_tokens") is not None else "max_tokens"
+        else:
+            param = self.prompt_param
+        raise APIError(f"This request could cost {prompt_tokens + output_tokens} tokens ({prompt_tokens} in "
+                       f"its prompts, {output_tokens} = sequences x max_tokens to generate); this server "
+                       f"allows at most {self.max_request_tokens} per request.", param=param)
+
     def _check_prompt_length(self, prompt_tokens: int) -> None:
         if prompt_tokens > self.max_prompt_tokens:
             raise APIError(f"The prompt has {prompt_tokens} tokens; this server accepts at most "
@@ -188,7 +235,15 @@ class OpenAIServing:
     def _collect(self, stream: GenerationStream, call: Call) -> dict:
         choices = [Choice() for _ in range(len(call.prompts) * call.n)]
         try:
-            for update in stream:
+            while not stream.finished:
+                update = stream.next_update(timeout=CLIENT_CHECK_SECONDS)
+                if update is None:
+                    if call.client_gone():
+                        # Nobody will read the answer: stop generating it (finally aborts).
+                        call.record.aborted = True
+                        raise APIError("The client closed the connection.", status=CLIENT_CLOSED_STATUS,
+                                       code="client_closed_request")
+                    continue
                 call.observe(update)
                 for delta in update.choices:
                     choice = choices[call.choice_index(update.prompt_index, delta.index)]
@@ -217,12 +272,20 @@ class OpenAIServing:
 
         try:
             opened = False
+            quiet_since = time.monotonic()
             while not stream.finished:
-                update = stream.next_update(timeout=self.keepalive_seconds)
+                update = stream.next_update(timeout=min(self.keepalive_seconds, CLIENT_CHECK_SECONDS))
                 if update is None:
-                    # Nothing yet (queued, or a long prefill): tell proxies the stream is alive.
-                    yield sse.KEEPALIVE
+                    # Nothing yet (queued, or a long prefill). A client that left is noticed here,
+                    # not only at the next write; one that waits hears a keep-alive comment.
+                    if call.client_gone():
+                        call.record.aborted = True
+                        return
+                    if time.monotonic() - quiet_since >= self.keepalive_seconds:
+                        quiet_since = time.monotonic()
+                        yield sse.KEEPALIVE
                     continue
+                quiet_since = time.monotonic()
                 if not opened:
                     # With the first token, as vLLM's server does: a client's time to first
                     # chunk is then its real time to first token.
@@ -344,6 +407,9 @@ class CompletionServing(OpenAIServing):
                 texts.append(None)
         return prompts, texts
 
+    def prompt_count(self, req):
+        return len(req["prompt"])
+
     def sampling_options(self, req):
         options = super().sampling_options(req)
         if req["max_tokens"] == 0:
@@ -366,8 +432,10 @@ class CompletionServing(OpenAIServing):
         """The prompt's tokens as TokenLogprobs; the first has no logprob (nothing precedes it)."""
         prompt = call.prompts[prompt_index]
         entries = call.prompt_logprobs.get(prompt_index) or [None] * len(prompt)
-        return [entry if entry is not None else TokenLogprob(self.bridge.token_text(token_id), None)
-                for token_id, entry in zip(prompt, entries)]
+        missing = [token_id for token_id, entry in zip(prompt, entries) if entry is None]
+        texts = iter(self.bridge.token_texts(missing) if missing else ())
+        return [entry if entry is not None else TokenLogprob(next(texts), None)
+                for entry in entries]
 
     @staticmethod
     def _logprobs(entries: list[TokenLogprob], offset: int) -> dict:
@@ -433,7 +501,7 @@ class TokenizationServing:
 
     def tokenize(self, body: dict, record: RequestRecord | None = None) -> dict:
         record = record or RequestRecord()
-        req = protocol.tokenize_request.load(body)
+        req = run_off_hub(protocol.tokenize_request.load, body)
         self._check_model(req.get("model"), record)
         if "messages" in req:
             messages = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
@@ -447,7 +515,7 @@ class TokenizationServing:
 
     def detokenize(self, body: dict, record: RequestRecord | None = None) -> dict:
         record = record or RequestRecord()
-        req = protocol.detokenize_request.load(body)
+        req = run_off_hub(protocol.detokenize_request.load, body)
         self._check_model(req.get("model"), record)
         vocab_size = self.bridge.vocab_size
         for i, token in enumerate(req["tokens"]):

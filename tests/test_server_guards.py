@@ -182,8 +182,9 @@ def test_streams_send_keepalives_while_waiting_and_proxy_headers(guarded):
     assert lines[-1] == b"data: [DONE]"
 
 
-def metric(base_url, name, **labels):
-    return value(scrape(base_url), name, **labels)
+def metric(base_url, name, default=None, **labels):
+    samples = scrape(base_url)
+    return value(samples, name, **labels) if default is None else value(samples, name, default=default, **labels)
 
 
 def short_request_seconds(base_url):
@@ -196,7 +197,7 @@ def short_request_seconds(base_url):
 
 def test_client_disconnect_aborts_generation(server):
     idle = statistics.median(short_request_seconds(server.base_url) for _ in range(3))
-    aborts_before = metric(server.base_url, "http_client_aborts_total", endpoint="/v1/chat/completions")
+    aborts_before = metric(server.base_url, "http_client_aborts_total", default=0, endpoint="/v1/chat/completions")
     streams = [open_stream(server.base_url, max_tokens=4000) for _ in range(4)]
     assert metric(server.base_url, "vllm:num_requests_running") == 4
     for stream in streams:

@@ -37,7 +37,7 @@ class EngineCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=list(labels))
             family.add_metric(list(labels.values()), value)
             yield family
-        yield GaugeMetricFamily("http_requests_generating", "Generation requests holding a concurrency slot.",
+        yield GaugeMetricFamily("http_requests_generating", "Sequences (prompts x n) holding a concurrency slot.",
                                 value=self.app.extensions["concurrency"].in_use)
 
 
