@@ -5,6 +5,12 @@ running stream for about 2 s. run_off_hub hands such work to a small pool of rea
 parks only the calling greenlet; the hub keeps serving. Pure-Python work (Jinja templates,
 Marshmallow) still takes the GIL, but Python hands it over every few milliseconds, so the hub
 gets its turns; the Rust tokenizers release it while they encode.
+
+The pool's threads also run at a lower CPU priority (OFFLOAD_NICE). On a CPU host the engine's
+OpenMP threads occupy every core and wait for each other at every barrier: a tokenizer thread
+taking a core from one of them stalls the whole step, so running streams paused for seconds
+while someone's megabyte prompt was tokenized. With the pool niced, the kernel gives the engine
+the cores it needs and the heavy request waits instead.
 """
 
 import os
@@ -20,6 +26,8 @@ T = TypeVar("T")
 
 # Threads per hub; more only queue for the same two cores here. OFFLOAD_THREADS overrides it.
 DEFAULT_THREADS = 4
+# How much lower the pool's threads run than the engine (Linux nice steps; 0: the same).
+DEFAULT_NICE = 10
 
 _pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -39,16 +47,29 @@ def _pool_of_current_hub() -> ThreadPool:
     return pool
 
 
+_local = threading.local()
+
+
 def in_pool_thread() -> bool:
     """Whether the caller already runs in one of the pools' threads."""
     return getattr(_local, "in_pool", False)
 
 
-_local = threading.local()
+def _lower_this_threads_priority() -> None:
+    value = os.environ.get("OFFLOAD_NICE", "")
+    nice = int(value) if value.strip() else DEFAULT_NICE
+    if nice > 0 and hasattr(os, "setpriority"):
+        # On Linux a thread id names one thread: this lowers only the calling thread.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+        except OSError:
+            pass
 
 
-def _marked(fn: Callable[..., T], args, kwargs) -> T:
-    _local.in_pool = True
+def _in_pool(fn: Callable[..., T], args, kwargs) -> T:
+    if not in_pool_thread():
+        _local.in_pool = True
+        _lower_this_threads_priority()
     return fn(*args, **kwargs)
 
 
@@ -59,4 +80,4 @@ def run_off_hub(fn: Callable[..., T], *args, **kwargs) -> T:
     """
     if in_pool_thread():
         return fn(*args, **kwargs)
-    return _pool_of_current_hub().apply(_marked, (fn, args, kwargs))
+    return _pool_of_current_hub().apply(_in_pool, (fn, args, kwargs))
