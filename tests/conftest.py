@@ -150,6 +150,17 @@ def server():
 
 
 @pytest.fixture(scope="session")
+def short_server():
+    """A real server that generates at most 16 tokens per request, for the fuzzers.
+
+    Short generations keep a fuzz run bounded; its /openapi.json says max_tokens <= 16 as well.
+    """
+    proc = ServerProcess(env={"MAX_OUTPUT_TOKENS": "16"}).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
 def real_bridge():
     """The real vLLM engine on the default model, in this process."""
     bridge = EngineBridge(EngineSettings.from_env())

@@ -4,26 +4,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import requests
 from openapi_spec_validator import validate
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
-from tests.conftest import ServerProcess
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 # Checks that no response is a 5xx, and that each status, content type and JSON body is one the
 # document declares; plus that invalid input (negative examples) is refused with a 4xx.
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
          "negative_data_rejection"
-
-
-@pytest.fixture(scope="module")
-def fuzzed_server():
-    # Short generations keep the run bounded: the document then says max_tokens <= 16 as well.
-    proc = ServerProcess(env={"MAX_OUTPUT_TOKENS": "16"}).start()
-    yield proc
-    proc.stop()
 
 
 def test_the_document_is_valid_and_describes_the_loaded_model(server):
@@ -37,15 +27,15 @@ def test_the_document_is_valid_and_describes_the_loaded_model(server):
             "/metrics", "/openapi.json"} <= set(document["paths"])
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(fuzzed_server, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(short_server, tmp_path):
     result = subprocess.run(
-        [SCHEMATHESIS, "run", fuzzed_server.base_url + "/openapi.json", "--checks", CHECKS,
+        [SCHEMATHESIS, "run", short_server.base_url + "/openapi.json", "--checks", CHECKS,
          "--max-examples", "30", "--seed", "1", "--workers", "1", "--request-timeout", "120",
          "--generation-database", "none", "--no-color"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     # The generated requests reached the engine, not only the validation in front of it.
-    answered = {(r["path"], r["status"]) for r in fuzzed_server.log_records() if r.get("event") == "request"}
+    answered = {(r["path"], r["status"]) for r in short_server.log_records() if r.get("event") == "request"}
     for path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
         assert (path, 200) in answered and (path, 400) in answered, path
