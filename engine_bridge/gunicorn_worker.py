@@ -22,6 +22,7 @@ import logging
 import mmap
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -44,8 +45,10 @@ SHUTDOWN_RESERVE_SECONDS = 5.0
 # After an engine failure, how long the failed worker keeps answering (/health "unhealthy", the
 # error responses of the requests in flight) before it exits; at most FLUSH_SECONDS more while
 # responses are still being written.
-FAILED_LINGER_SECONDS = 1.0
+FAILED_LINGER_SECONDS = 2.0
 FLUSH_SECONDS = 2.0
+# Kept at the very end of GRACEFUL_TIMEOUT to close connections, log and exit.
+EXIT_SECONDS = 1.5
 # Exit code of a worker whose engine failed (after it was ready, or while loading with tries left):
 # anything but 0 and gunicorn's own boot and app-load codes, which stop the master.
 ENGINE_FAILED_EXIT = 1
@@ -92,6 +95,7 @@ class EngineGeventWorker(GeventWorker):
     _stop_requested_at: float | None = None
     _in_flight = 0
     _listen_urls: list[str] = []
+    _connections: set = set()
     # What the process exits with once gunicorn's worker_exit hook has run (see exit_now).
     exit_code = 0
 
@@ -172,10 +176,16 @@ class EngineGeventWorker(GeventWorker):
     def patch(self):
         monkey.patch_all(thread=False, queue=False, subprocess=False)
         # As GeventWorker.patch: rebuild the listening sockets with the patched socket class.
-        import socket
-
         self.sockets = [socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach())
                         for s in self.sockets]
+
+    def handle(self, listener, client, addr):
+        """Keep every open connection, so stopping can end idle keep-alive ones quietly."""
+        self._connections.add(client)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._connections.discard(client)
 
     def handle_request(self, listener_name, req, sock, addr):
         """Count requests being handled: idle keep-alive connections do not hold up a drain."""
@@ -204,6 +214,7 @@ class EngineGeventWorker(GeventWorker):
     # -- serving ------------------------------------------------------------------------------
 
     def run(self):
+        self._connections = set()
         servers = self._start_servers()
         if self._responder is not None:
             self._responder.stop()  # it finishes the answers it is writing, then exits
@@ -256,8 +267,7 @@ class EngineGeventWorker(GeventWorker):
                 self._in_flight and time.monotonic() - started < FAILED_LINGER_SECONDS + FLUSH_SECONDS):
             self.notify()
             gevent.sleep(TICK_SECONDS)
-        for server in servers:
-            server.stop(timeout=0.1)
+        self._stop_servers(servers)
         self.exit_code = ENGINE_FAILED_EXIT
         sys.exit(ENGINE_FAILED_EXIT)  # gunicorn's worker_exit hook runs, then exit_now
 
@@ -287,14 +297,32 @@ class EngineGeventWorker(GeventWorker):
         if self._in_flight:
             self.log.warning("drain time is up: ending %d request(s) still in flight", self._in_flight,
                              extra={"fields": {"event": "drain_timeout", "in_flight": self._in_flight}})
+        killed_at = signalled + self.cfg.graceful_timeout  # gunicorn's SIGKILL
         if bridge is not None:
-            # Stops the engine thread (one step, then the streams left get their error); a real
-            # thread waits for it so the hub goes on writing those errors meanwhile.
-            gevent.get_hub().threadpool.apply(bridge.shutdown)
-        flushed_by = time.monotonic() + FLUSH_SECONDS
+            # Stops the engine thread: its step ends, the streams left get their error, then vLLM
+            # tears the engine down. A real thread waits for it, so the hub writes those errors
+            # meanwhile; past the time left, the process exits without waiting for the teardown.
+            wait = max(0.5, killed_at - EXIT_SECONDS - time.monotonic())
+            gevent.get_hub().threadpool.apply(bridge.shutdown, kwds={"timeout": wait})
+        flushed_by = min(time.monotonic() + FLUSH_SECONDS, killed_at - EXIT_SECONDS)
         while self._in_flight and time.monotonic() < flushed_by:
             self.notify()
             gevent.sleep(TICK_SECONDS)
+        self._stop_servers(servers)
+
+    def _stop_servers(self, servers: list) -> None:
+        """Stop accepting and end every connection left (idle keep-alive ones, once nothing is in flight).
+
+        Shutting a connection's socket down ends its handler as a client that left would; killing
+        the handler (gevent's server.stop) would log each as an error.
+        """
         for server in servers:
-            server.stop(timeout=0.1)
+            server.close()
+        for connection in list(self._connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for server in servers:
+            server.stop(timeout=1.0)  # a backstop: the handlers have ended by now
 
