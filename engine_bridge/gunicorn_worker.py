@@ -18,6 +18,7 @@ Life cycle (docs/engine-notes.md tells why each step is where it is):
 - SIGTERM: drain within GRACEFUL_TIMEOUT, counted from the signal, then stop the engine.
 """
 
+import _socket
 import logging
 import mmap
 import os
@@ -319,8 +320,12 @@ class EngineGeventWorker(GeventWorker):
         for server in servers:
             server.close()
         for connection in list(self._connections):
+            # On a duplicate: gevent's own shutdown() would cancel the handler's wait with EBADF,
+            # which gunicorn logs as a socket error; the kernel's wakes it with an end of file.
             try:
-                connection.shutdown(socket.SHUT_RDWR)
+                duplicate = _socket.socket(fileno=os.dup(connection.fileno()))
+                duplicate.shutdown(_socket.SHUT_RDWR)
+                duplicate.close()
             except OSError:
                 pass
         for server in servers:

@@ -103,7 +103,7 @@ def test_sigterm_drains_within_the_default_graceful_timeout(slow_server):
     """Defaults: streams get GRACEFUL_TIMEOUT - 5 s from the signal, then an error; all gone by GRACEFUL_TIMEOUT."""
     proc = slow_server.wait_healthy()
     worker_pid = worker_pids(proc)[-1]
-    short = open_stream(proc.base_url, max_tokens=24, chunks=1)
+    short = open_stream(proc.base_url, max_tokens=6, chunks=1)
     long = open_stream(proc.base_url, max_tokens=4000, chunks=1)
     signalled = time.monotonic()
     proc.process.send_signal(signal.SIGTERM)
