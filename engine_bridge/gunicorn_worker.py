@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Of GRACEFUL_TIMEOUT, kept back from the streams in flight to stop the engine and exit before
 # gunicorn's master sends SIGKILL (graceful_timeout after its SIGTERM). Stopping vLLM's engine
-# took 3.3 to 3.9 s on a busy 2-core machine.
+# took 1.2 s on a 2-core machine, up to 3.9 s when other processes starved it of CPU.
 SHUTDOWN_RESERVE_SECONDS = 5.0
 # After an engine failure, how long the failed worker keeps answering (/health "unhealthy", the
 # error responses of the requests in flight) before it exits; at most FLUSH_SECONDS more while
