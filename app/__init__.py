@@ -1,41 +1,17 @@
-"""The Flask application: HTTP and the OpenAI protocol. The engine lives behind engine_bridge."""
+"""The Flask application: HTTP and the OpenAI protocol. The engine lives behind engine_bridge.
 
-import logging
-import time
+Importing this package does not import Flask. gunicorn's master imports app.logs, and the worker
+imports app.status before it builds the engine; vLLM's start-up must not find Flask's request
+proxies in the process (see docs/engine-notes.md), so Flask is imported by create_app only.
+"""
 
-from flask import Flask
-
-import engine_bridge
-from app import errors, guards, telemetry
-from app.config import Config
-from app.routes import register_blueprints
-from app.serving import ChatServing, CompletionServing, TokenizationServing
 from app.version import __version__
 
 __all__ = ["create_app", "__version__"]
 
 
-def create_app(config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None):
     """Application factory: config overrides Config (e.g. {"ENGINE_BRIDGE": bridge} in tests)."""
-    app = Flask(__name__)
-    app.config.from_object(Config)
-    if config:
-        app.config.update(config)
-    app.json.sort_keys = False
-    app.json.compact = True
-    logging.getLogger(__name__).setLevel(logging.INFO)
+    from app.factory import create_app as build
 
-    app.extensions["started_at"] = time.time()
-    bridge = engine_bridge.init_app(app, app.config["ENGINE_BRIDGE"])
-    concurrency = guards.ConcurrencyLimit(app.config["MAX_CONCURRENT"])
-    app.extensions["concurrency"] = concurrency
-    app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
-    app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
-    app.extensions["serving_tokenization"] = TokenizationServing(bridge)
-
-    # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
-    telemetry.init_app(app)
-    errors.init_app(app)
-    guards.init_app(app)
-    register_blueprints(app)
-    return app
+    return build(config)

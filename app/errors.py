@@ -6,6 +6,7 @@ from flask import g, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from app import status
 from app.telemetry import current_record
 from engine_bridge import (
     ContextLengthExceeded,
@@ -72,9 +73,7 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, RequestRejected):
         return APIError(str(exc), param=exc.param)
     if isinstance(exc, EngineNotReady):
-        return APIError(f"The server is not ready to generate: {exc}. Please retry shortly.",
-                        status=503, type="server_error", code="engine_not_ready",
-                        headers={"Retry-After": "5"})
+        return APIError(**status.not_ready_error(str(exc)), status=503, headers=status.retry_after_headers())
     if isinstance(exc, EngineFailed):
         return APIError("The inference engine failed while processing your request.",
                         status=500, type="server_error", code="engine_failed")

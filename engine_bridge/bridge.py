@@ -361,6 +361,7 @@ class EngineBridge:
         try:
             while True:
                 if not self._take_commands(block=not engine.has_unfinished_requests()):
+                    self._close_engine()
                     return
                 if engine.has_unfinished_requests():
                     self._publish(engine.step())
@@ -371,6 +372,20 @@ class EngineBridge:
             self._fail_all(EngineFailed(f"the engine failed: {type(exc).__name__}"))
         finally:
             self._thread_done.set()
+
+    def _close_engine(self) -> None:
+        """Release the engine's resources now (its executor, KV cache, worker processes), not at exit."""
+        close = getattr(getattr(self._engine, "engine_core", None), "shutdown", None)
+        if close is None:
+            return
+        started = time.monotonic()
+        try:
+            close()
+        except Exception:
+            log.exception("the engine did not shut down cleanly")
+        else:
+            log.info("engine shut down in %.1f s", time.monotonic() - started,
+                     extra={"fields": {"event": "engine_stopped"}})
 
     def _take_commands(self, block: bool) -> bool:
         """Apply every waiting command; wait for one first if block. False once told to stop."""

@@ -71,7 +71,7 @@ def _find_unsafe_globals(hidden: list) -> None:
 def build_engine(settings: EngineSettings):
     """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
     # The engine core runs in this process: with the multiprocess core, a gevent-patched
-    # client hung waiting for it, and the in-process core was faster (ENGINE_NOTES.md).
+    # client hung waiting for it, and the in-process core was faster (docs/engine-notes.md).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # GiB of KV cache on CPU; vLLM otherwise tries to reserve most of the machine and fails.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gb))

@@ -62,3 +62,25 @@ class EngineSettings:
             seed=_env_int("ENGINE_SEED", 0),
             engine_factory=os.environ.get("ENGINE_FACTORY") or None,
         )
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """How the gunicorn worker loads, retries, drains and restarts; each field has a variable (see README)."""
+
+    # On SIGTERM, /health says draining for at least this long before the port closes, so load
+    # balancers see it, unless it is shorter than the graceful budget (GRACEFUL_TIMEOUT).
+    drain_seconds: float = 5.0
+    # Tries to load the engine (each in a fresh worker process) before the server gives up.
+    load_attempts: int = 3
+    # Wait before the second try; each further try waits twice as long as the one before.
+    load_retry_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> "LifecycleSettings":
+        """Build settings from DRAIN_SECONDS, ENGINE_LOAD_ATTEMPTS and ENGINE_LOAD_RETRY_SECONDS."""
+        return cls(
+            drain_seconds=_env_float("DRAIN_SECONDS", 5.0),
+            load_attempts=max(1, _env_int("ENGINE_LOAD_ATTEMPTS", 3)),
+            load_retry_seconds=_env_float("ENGINE_LOAD_RETRY_SECONDS", 5.0),
+        )

@@ -90,11 +90,19 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
+        return self.launch().wait_healthy()
+
+    def launch(self) -> "ServerProcess":
+        """Start the process and return at once (the engine loads in the background)."""
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+        return self
+
+    def wait_healthy(self) -> "ServerProcess":
+        """Wait until /health says 200; raises if the server exits or takes too long."""
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -136,3 +136,20 @@ def fail_on_marker(settings):
     from engine_bridge.engine import build_engine
 
     return FailOnMarkerEngine(build_engine(settings))
+
+
+# How long slow_load waits before it builds the real engine.
+SLOW_LOAD_SECONDS = 8.0
+
+
+def slow_load(settings):
+    """The real engine, built after a pause: a model load slowed on purpose (ENGINE_FACTORY=tests.stand_in:slow_load)."""
+    from engine_bridge.engine import build_engine
+
+    time.sleep(SLOW_LOAD_SECONDS)
+    return build_engine(settings)
+
+
+def fail_to_load(settings):
+    """An engine that never loads (ENGINE_FACTORY=tests.stand_in:fail_to_load)."""
+    raise RuntimeError("injected load failure")

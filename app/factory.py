@@ -1,0 +1,38 @@
+"""create_app: the Flask application, its extensions, guards and blueprints."""
+
+import logging
+import time
+
+from flask import Flask
+
+import engine_bridge
+from app import errors, guards, telemetry
+from app.config import Config
+from app.routes import register_blueprints
+from app.serving import ChatServing, CompletionServing, TokenizationServing
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Application factory: config overrides Config (e.g. {"ENGINE_BRIDGE": bridge} in tests)."""
+    app = Flask("app")
+    app.config.from_object(Config)
+    if config:
+        app.config.update(config)
+    app.json.sort_keys = False
+    app.json.compact = True
+    logging.getLogger("app").setLevel(logging.INFO)
+
+    app.extensions["started_at"] = time.time()
+    bridge = engine_bridge.init_app(app, app.config["ENGINE_BRIDGE"])
+    concurrency = guards.ConcurrencyLimit(app.config["MAX_CONCURRENT"])
+    app.extensions["concurrency"] = concurrency
+    app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
+    app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
+    app.extensions["serving_tokenization"] = TokenizationServing(bridge)
+
+    # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
+    telemetry.init_app(app)
+    errors.init_app(app)
+    guards.init_app(app)
+    register_blueprints(app)
+    return app
