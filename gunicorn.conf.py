@@ -21,7 +21,7 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 # beating during generation; post_fork below keeps it beating while the model loads.
 timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 # On SIGTERM, the master kills the worker this many seconds later; the worker lets streams in
-# flight run for all of it but the last 3 s, which it keeps to stop the engine and exit.
+# flight run for all of it but the last 5 s, which it keeps to stop the engine and exit.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
 # No control socket (gunicorn 27's `gunicornc` channel): its thread is stopped and restarted

@@ -27,17 +27,19 @@ import socket
 import struct
 import sys
 import time
+from functools import partial
 
 import gevent
 from gevent import monkey
+from gevent.pool import Pool
+from gevent.server import StreamServer
 from gunicorn.arbiter import Arbiter
+from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 import engine_bridge
 from engine_bridge.loading_responder import Answer, ResponderProcess
 from engine_bridge.settings import LifecycleSettings
-
-log = logging.getLogger(__name__)
 
 # Of GRACEFUL_TIMEOUT, kept back from the streams in flight to stop the engine and exit before
 # gunicorn's master sends SIGKILL (graceful_timeout after its SIGTERM). Stopping vLLM's engine
@@ -237,12 +239,6 @@ class EngineGeventWorker(GeventWorker):
 
     def _start_servers(self) -> list:
         """Start a gevent StreamServer per listening socket, as GeventWorker.run does."""
-        from functools import partial
-
-        from gevent.pool import Pool
-        from gevent.server import StreamServer
-        from gunicorn.sock import ssl_context
-
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         servers = []
         for listener in self.sockets:
