@@ -460,12 +460,19 @@ class Soak:
         self.bursts.append((phase, min(s.start for s in batch), max(s.end for s in batch)))
 
     def settle(self) -> dict:
-        """Wait until the engine has nothing running or waiting (up to SETTLE_TIMEOUT_S)."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        """Wait until the engine has nothing running or waiting (up to SETTLE_TIMEOUT_S).
+
+        Returns the last reading, with the first one (right after the last client finished) and
+        how long it took to empty: a generation whose client left before its response may run on.
+        """
+        started = time.monotonic()
+        first = None
         while True:
             queue = self.server.engine_queue()
-            if queue["running"] == queue["waiting"] == 0 or time.monotonic() > deadline:
-                return queue
+            first = first or {"first_running": queue["running"], "first_waiting": queue["waiting"]}
+            waited = time.monotonic() - started
+            if queue["running"] == queue["waiting"] == 0 or waited > SETTLE_TIMEOUT_S:
+                return {**queue, **first, "waited_s": round(waited, 1)}
             time.sleep(0.5)
 
 

@@ -62,10 +62,9 @@ def _round(seconds: float | None) -> float | None:
 def _log_agrees(sent, kind, line: dict) -> str:
     """Why the server's log line disagrees with what the client saw ("" when it agrees)."""
     if sent.outcome == "left early":
-        if line.get("status") != 200:
-            return f"client left; log status {line.get('status')}"
-        if kind.leave == "after_tokens" and not line.get("aborted"):
-            return "client left mid-stream; log does not say aborted"
+        # A client that left before any response cannot disagree with whatever the server answered.
+        if kind.leave == "after_tokens" and (line.get("status") != 200 or not line.get("aborted")):
+            return f"client left mid-stream; log says status {line.get('status')}, aborted {line.get('aborted')}"
         return ""
     if sent.status is None:
         return ""  # no status reached the client: nothing to compare
@@ -166,6 +165,8 @@ def summarize(soak, log: dict, kinds: dict, also_expected: dict, memory: dict, e
         },
         "engine": {
             "running_at_end": at_end["running"], "waiting_at_end": at_end["waiting"],
+            "running_when_clients_done": at_end["first_running"], "waiting_when_clients_done": at_end["first_waiting"],
+            "seconds_to_empty": at_end["waited_s"],
             "generation_tok_s": round((at_end["generation_tokens"] - at_start["generation_tokens"]) / wall, 1),
             "prompt_tok_s": round((at_end["prompt_tokens"] - at_start["prompt_tokens"]) / wall, 1),
         },
@@ -241,7 +242,9 @@ def markdown(report: dict) -> str:
     lines += [
         "", f"Worker {m['worker_pid']} RSS: {_fmt(m['start_mib'], 1)} MiB after warm-up, {_fmt(m['end_mib'], 1)} MiB "
         f"at the end ({_fmt(m['growth_pct'], 2)} %), peak {_fmt(m['peak_mib'], 1)} MiB. Engine at the end: "
-        f"{_fmt(e['running_at_end'])} running, {_fmt(e['waiting_at_end'])} waiting. Measured part: "
+        f"{_fmt(e['running_at_end'])} running, {_fmt(e['waiting_at_end'])} waiting (when the last client was done: "
+        f"{_fmt(e['running_when_clients_done'])} running, {_fmt(e['waiting_when_clients_done'])} waiting; empty "
+        f"{_fmt(e['seconds_to_empty'], 1)} s later). Measured part: "
         f"{_fmt(e['generation_tok_s'], 1)} generated and {_fmt(e['prompt_tok_s'], 1)} prompt tokens/s. "
         f"Server log once ready: {report['server_log']['error_lines']} error lines, "
         f"{report['server_log']['warning_lines']} warnings. Non-streamed requests whose client left: the server's log saw "
