@@ -120,7 +120,10 @@ def summarize(soak, log: dict, kinds: dict, also_expected: dict, memory: dict, e
             if s.outcome != "transport error":
                 minutes[int(s.start // 60)].append(s.end - s.start)
         per_minute[name] = {str(m + 1): _ms(v) for m, v in sorted(minutes.items())}
-    aborted_waiting = [s for s in soak.sent if s.kind == "leave_waiting" and s.log and s.log.get("aborted")]
+    # Non-streamed requests whose client hung up while the server was generating.
+    left_waiting = [s for s in soak.sent if s.kind == "leave_waiting" and s.outcome == "left early"
+                    and s.log and s.log.get("status") == 200]
+    wanted_tokens = kinds["leave_waiting"].tokens
 
     start_kib, end_kib = memory["start_kib"], memory["end_kib"]
     growth = 100.0 * (end_kib - start_kib) / start_kib if start_kib and end_kib else None
@@ -154,8 +157,12 @@ def summarize(soak, log: dict, kinds: dict, also_expected: dict, memory: dict, e
         "duplicated": len(duplicated),
         "log_mismatches": len(mismatches),
         "unexpected": len(unexpected),
-        "leave_waiting_seen_as_aborted": f"{len(aborted_waiting)} of "
-                                         f"{sum(1 for s in soak.sent if s.kind == 'leave_waiting')}",
+        "left_while_generating": {
+            "requests": len(left_waiting),
+            "asked_tokens": wanted_tokens,
+            "seen_as_aborted": sum(1 for s in left_waiting if s.log.get("aborted")),
+            "generated_to_the_end": sum(1 for s in left_waiting if s.log.get("completion_tokens") == wanted_tokens),
+        },
         "memory": {
             "worker_pid": memory["worker_pid"], "workers_at_end": memory["workers_at_end"],
             "start_mib": _mib(start_kib), "end_mib": _mib(end_kib),
@@ -238,7 +245,7 @@ def markdown(report: dict) -> str:
         "| target | measured | met |", "| --- | --- | --- |",
     ]
     lines += [f"| {t['target']} | {_fmt(t['value'], 2)} | {'yes' if t['met'] else '**no**'} |" for t in report["targets"]]
-    m, e = report["memory"], report["engine"]
+    m, e, lw = report["memory"], report["engine"], report["left_while_generating"]
     lines += [
         "", f"Worker {m['worker_pid']} RSS: {_fmt(m['start_mib'], 1)} MiB after warm-up, {_fmt(m['end_mib'], 1)} MiB "
         f"at the end ({_fmt(m['growth_pct'], 2)} %), peak {_fmt(m['peak_mib'], 1)} MiB. Engine at the end: "
@@ -247,8 +254,9 @@ def markdown(report: dict) -> str:
         f"{_fmt(e['seconds_to_empty'], 1)} s later). Measured part: "
         f"{_fmt(e['generation_tok_s'], 1)} generated and {_fmt(e['prompt_tok_s'], 1)} prompt tokens/s. "
         f"Server log once ready: {report['server_log']['error_lines']} error lines, "
-        f"{report['server_log']['warning_lines']} warnings. Non-streamed requests whose client left: the server's log saw "
-        f"{report['leave_waiting_seen_as_aborted']} as aborted.",
+        f"{report['server_log']['warning_lines']} warnings. Non-streamed requests whose client hung up while the "
+        f"server was generating: {lw['requests']}, of which the server saw {lw['seen_as_aborted']} as aborted and "
+        f"generated all {lw['asked_tokens']} tokens for {lw['generated_to_the_end']}.",
         "", "## Requests by status (measured part)", "", "| status | requests |", "| --- | --- |",
     ]
     lines += [f"| {status} | {_fmt(n)} |" for status, n in report["by_status"].items()]
