@@ -10,6 +10,7 @@ PORT ?= 8000
 MODEL_CACHE_DIR ?= $(CURDIR)/.cache/models
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 
 export HOST PORT MODEL_CACHE_DIR
 
@@ -18,7 +19,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha1sum | cut -c1-12)
 BENCH_INSTALLED := $(VENV)/.bench-installed-$(shell cat $(BENCH_REQUIREMENTS) | sha1sum | cut -c1-12)
 
-.PHONY: install model serve test bench clean system-packages
+.PHONY: install model serve test bench soak clean system-packages
 
 install: $(INSTALLED)
 
@@ -69,6 +70,12 @@ test: model system-packages $(BENCH_INSTALLED)
 # Pass options with `make bench BENCH_ARGS="--only c1,c16"`.
 bench: model $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# `make soak`: the real server under 10 minutes of mixed traffic at 1,000 requests a minute;
+# writes bench/results/soak-<date>.json and .md. Not part of `make test` (a 30-second one is).
+# Pass options with `make soak SOAK_ARGS="--duration 120 --rate 600"`.
+soak: model
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache
