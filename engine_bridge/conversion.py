@@ -68,12 +68,9 @@ def _logprobs(token_ids, positions) -> list[TokenLogprob | None] | None:
 
 
 def _choice_delta(c) -> ChoiceDelta:
-    logprobs = _logprobs(c.token_ids, c.logprobs)
-    if logprobs and c.finish_reason == "stop" and not isinstance(c.stop_reason, str):
-        # The end-of-sequence token is counted in usage but never part of the text: leave it out
-        # of the logprobs too, so that the tokens spell the text as OpenAI's do.
-        logprobs = logprobs[:-1]
-    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, logprobs)
+    # One entry per generated token, the end-of-sequence token included (as OpenAI and vLLM do):
+    # it is counted in usage, so tools that read logprobs by position need its entry too.
+    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, _logprobs(c.token_ids, c.logprobs))
 
 
 def update_from_output(output, prompt_index: int) -> GenerationUpdate:

@@ -69,10 +69,10 @@ def test_chat_logprobs(client):
     response = chat(client, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3)
     choice = response.choices[0]
     entries = choice.logprobs.content
-    # One entry per generated token but the end-of-sequence token, which is not in the text.
+    # One entry per generated token, the end-of-sequence token included (it is not in the text).
     assert choice.finish_reason == "stop"
-    assert len(entries) == response.usage.completion_tokens - 1
-    assert "".join(e.token for e in entries) == choice.message.content
+    assert len(entries) == response.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content + "<|im_end|>"
     for entry in entries:
         assert entry.logprob <= 0
         assert entry.bytes == list(entry.token.encode("utf-8"))
