@@ -43,6 +43,7 @@ def sampling_params(options: SamplingOptions):
             seed=options.seed,
             stop=list(options.stop) or None,
             ignore_eos=options.ignore_eos,
+            logit_bias=options.logit_bias,
             logprobs=options.logprobs,
             prompt_logprobs=options.prompt_logprobs,
             structured_outputs=structured,
