@@ -144,7 +144,8 @@ class NotSupported(fields.Field):
     def __init__(self, off, message, **kwargs):
         self.off = off
         self.message = message
-        self.json_schema = ({"type": "array", "maxItems": 0} if off == [] else {"type": "string", "enum": [off, None]})
+        self.json_schema = ({"type": "array", "maxItems": 0} if off == []
+                            else {"type": "string", "enum": [off, None]})
         self.json_schema["description"] = f"{message} Only {json.dumps(off)} (or null) is accepted."
         super().__init__(allow_none=True, **kwargs)
 

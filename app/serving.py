@@ -453,7 +453,8 @@ class TokenizationServing:
         req = protocol.tokenize_request.load(body)
         self._check_model(req.get("model"), record)
         if "messages" in req:
-            tokens = self.bridge.render_chat(template_messages(req["messages"]), add_generation_prompt=req["add_generation_prompt"],
+            tokens = self.bridge.render_chat(template_messages(req["messages"]),
+                                             add_generation_prompt=req["add_generation_prompt"],
                                              add_special_tokens=bool(req.get("add_special_tokens")))
         else:
             add_special_tokens = req.get("add_special_tokens")

@@ -269,11 +269,10 @@ def test_logit_bias_bans_the_greedy_token_and_forces_another(client):
 
 def test_tools_are_refused_until_implemented(client):
     weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    for kwargs, param in (({"tools": [weather]}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
-                          ({"functions": [weather["function"]]}, "functions"), ({"function_call": "auto"},
-                                                                                 "function_call")):
+    for param, value in (("tools", [weather]), ("tool_choice", "required"), ("functions", [weather["function"]]),
+                         ("function_call", "auto")):
         with pytest.raises(openai.BadRequestError) as info:
-            chat(client, max_tokens=2, **kwargs)
+            chat(client, max_tokens=2, **{param: value})
         assert info.value.body["param"] == param
         assert "not supported" in info.value.body["message"]
     # Saying "no tools" is not refused.
