@@ -5,6 +5,8 @@ The request schemas validate every request; the response schemas describe what t
 JSON Schema in `json_schema`, which the OpenAPI document uses.
 """
 
+import json
+
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -19,6 +21,9 @@ ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 MAX_PROMPTS = 128
+# OpenAI's bound on logit_bias entries.
+MAX_LOGIT_BIAS = 300
+LOGIT_BIAS_RANGE = 100
 
 
 class StrictFloat(fields.Float):
@@ -102,6 +107,57 @@ class StopSequences(fields.Field):
         return tuple(value)
 
 
+class LogitBias(fields.Field):
+    """`logit_bias`: {"<token id>": bias in -100..100}; loaded as {int: float}.
+
+    Whether each id is in the model's vocabulary is checked by the serving layer, which knows it.
+    """
+
+    json_schema = {
+        "type": "object", "maxProperties": MAX_LOGIT_BIAS,
+        "additionalProperties": {"type": "number", "minimum": -LOGIT_BIAS_RANGE, "maximum": LOGIT_BIAS_RANGE},
+        "description": "Token id (a decimal string, within the vocabulary) -> bias added to its logit "
+                       "before sampling; -100 bans the token, 100 all but forces it.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("Must be an object mapping token ids to biases.")
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValidationError(f"At most {MAX_LOGIT_BIAS} entries are allowed.")
+        biases = {}
+        for key, bias in value.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9):
+                raise ValidationError(f"Keys must be token ids (non-negative integers as strings), "
+                                      f"not {repr(key)[:40]}.")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+                raise ValidationError({key: ["Must be a number."]})
+            if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+                raise ValidationError({key: [f"Must be between -{LOGIT_BIAS_RANGE} and {LOGIT_BIAS_RANGE}."]})
+            biases[int(key)] = float(bias)
+        return biases
+
+
+class NotSupported(fields.Field):
+    """An OpenAI field this server does not implement: only its "off" value is accepted, not ignored."""
+
+    def __init__(self, off, message, **kwargs):
+        self.off = off
+        self.message = message
+        self.json_schema = ({"type": "array", "maxItems": 0} if off == []
+                            else {"type": "string", "enum": [off, None]})
+        self.json_schema["description"] = f"{message} Only {json.dumps(off)} (or null) is accepted."
+        super().__init__(allow_none=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value != self.off:
+            raise ValidationError(self.message)
+        return value
+
+
+_NO_TOOLS = "Tool and function calling is not supported by this server yet."
+
+
 def _is_token_ids(value) -> bool:
     return isinstance(value, list) and bool(value) and all(
         isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
@@ -165,7 +221,10 @@ class JsonSchemaSpecSchema(_OpenAISchema):
     name = StrictString(allow_none=True)
     description = StrictString(allow_none=True)
     schema = fields.Dict(required=True)
-    strict = StrictBoolean(allow_none=True)
+    # vLLM's structured outputs constrain every token to the schema, so strict or not, the output
+    # always matches it: strict: true is honoured by construction, and false gets more than it asks.
+    strict = StrictBoolean(allow_none=True, metadata={
+        "description": "Accepted; the schema is always enforced by constrained decoding, strict or not."})
 
 
 class ResponseFormatSchema(_OpenAISchema):
@@ -194,6 +253,7 @@ class SamplingSchema(_OpenAISchema):
     seed = StrictInteger(allow_none=True, validate=validate.Range(min=-(2**63), max=2**64 - 1))
     user = StrictString(allow_none=True)
     response_format = fields.Nested(ResponseFormatSchema, allow_none=True)
+    logit_bias = LogitBias(allow_none=True)
     # vLLM's extensions.
     top_k = StrictInteger(allow_none=True, validate=validate.Range(min=-1))
     min_p = StrictFloat(allow_none=True, validate=validate.Range(min=0, max=1))
@@ -228,6 +288,12 @@ class ChatCompletionRequestSchema(SamplingSchema):
     max_completion_tokens = StrictInteger(allow_none=True, validate=validate.Range(min=1))
     logprobs = StrictBoolean(allow_none=True)
     top_logprobs = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=20))
+    # Refused rather than ignored until tools are implemented: an ordinary text answer would
+    # look like the model chose not to call one.
+    tools = NotSupported([], _NO_TOOLS)
+    tool_choice = NotSupported("none", _NO_TOOLS)
+    functions = NotSupported([], _NO_TOOLS)
+    function_call = NotSupported("none", _NO_TOOLS)
 
     DEFAULTS = {**SamplingSchema.DEFAULTS, "logprobs": False}
 

@@ -202,6 +202,7 @@ class OpenAIServing:
             ignore_eos=req["ignore_eos"],
             json_object=response_format.get("type") == "json_object",
             json_schema=json_schema,
+            logit_bias=self._logit_bias(req.get("logit_bias")),
             **self.extra_options(req),
         )
 
@@ -225,6 +226,17 @@ class OpenAIServing:
         raise APIError(f"This request could cost {prompt_tokens + output_tokens} tokens ({prompt_tokens} in "
                        f"its prompts, {output_tokens} = sequences x max_tokens to generate); this server "
                        f"allows at most {self.max_request_tokens} per request.", param=param)
+
+    def _logit_bias(self, logit_bias: dict[int, float] | None) -> dict[int, float] | None:
+        """logit_bias, once every token id in it is known to be in the vocabulary."""
+        if not logit_bias:
+            return None
+        vocab_size = self.bridge.vocab_size
+        for token_id in logit_bias:
+            if token_id >= vocab_size:
+                raise APIError(f"Invalid value for 'logit_bias.{token_id}': token id {token_id} is out "
+                               f"of the vocabulary (0..{vocab_size - 1}).", param=f"logit_bias.{token_id}")
+        return logit_bias
 
     def _check_prompt_length(self, prompt_tokens: int) -> None:
         if prompt_tokens > self.max_prompt_tokens:
@@ -345,6 +357,12 @@ class EventStream:
             self._release()
 
 
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as the chat template takes them: role, content, and name where the client gave one."""
+    return [{"role": m["role"], "content": m["content"], **({"name": m["name"]} if m.get("name") else {})}
+            for m in messages]
+
+
 def _bytes(token: str) -> list[int]:
     return list(token.encode("utf-8"))
 
@@ -357,8 +375,7 @@ class ChatServing(OpenAIServing):
     prompt_param = "messages"
 
     def prompts(self, req):
-        messages = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
-        return [self.bridge.render_chat(messages)], [None]
+        return [self.bridge.render_chat(template_messages(req["messages"]))], [None]
 
     def extra_options(self, req):
         if not req["logprobs"]:
@@ -504,8 +521,8 @@ class TokenizationServing:
         req = run_off_hub(protocol.tokenize_request.load, body)
         self._check_model(req.get("model"), record)
         if "messages" in req:
-            messages = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
-            tokens = self.bridge.render_chat(messages, add_generation_prompt=req["add_generation_prompt"],
+            tokens = self.bridge.render_chat(template_messages(req["messages"]),
+                                             add_generation_prompt=req["add_generation_prompt"],
                                              add_special_tokens=bool(req.get("add_special_tokens")))
         else:
             add_special_tokens = req.get("add_special_tokens")

@@ -43,6 +43,7 @@ def sampling_params(options: SamplingOptions):
             seed=options.seed,
             stop=list(options.stop) or None,
             ignore_eos=options.ignore_eos,
+            logit_bias=options.logit_bias,
             logprobs=options.logprobs,
             prompt_logprobs=options.prompt_logprobs,
             structured_outputs=structured,
@@ -68,12 +69,9 @@ def _logprobs(token_ids, positions) -> list[TokenLogprob | None] | None:
 
 
 def _choice_delta(c) -> ChoiceDelta:
-    logprobs = _logprobs(c.token_ids, c.logprobs)
-    if logprobs and c.finish_reason == "stop" and not isinstance(c.stop_reason, str):
-        # The end-of-sequence token is counted in usage but never part of the text: leave it out
-        # of the logprobs too, so that the tokens spell the text as OpenAI's do.
-        logprobs = logprobs[:-1]
-    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, logprobs)
+    # One entry per generated token, the end-of-sequence token included (as OpenAI and vLLM do):
+    # it is counted in usage, so tools that read logprobs by position need its entry too.
+    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, _logprobs(c.token_ids, c.logprobs))
 
 
 def update_from_output(output, prompt_index: int) -> GenerationUpdate:

@@ -27,6 +27,8 @@ class SamplingOptions:
     # Structured output: force a JSON object, or JSON matching this schema.
     json_object: bool = False
     json_schema: dict | None = None
+    # Token id -> bias added to its logit before sampling (OpenAI's logit_bias).
+    logit_bias: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)

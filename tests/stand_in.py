@@ -9,10 +9,11 @@ VOCAB_SIZE = 1000
 
 
 class StandInTokenizer:
-    """Whitespace tokenizer with a trivial chat template."""
+    """Whitespace tokenizer with a trivial chat template that shows a message's name, if any."""
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        text = "\n".join(f"{m['role']}{' ' + m['name'] if m.get('name') else ''}: {m['content']}"
+                         for m in messages)
         return text + ("\nassistant:" if add_generation_prompt else "")
 
     def encode(self, text, add_special_tokens=True):

@@ -69,10 +69,10 @@ def test_chat_logprobs(client):
     response = chat(client, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3)
     choice = response.choices[0]
     entries = choice.logprobs.content
-    # One entry per generated token but the end-of-sequence token, which is not in the text.
+    # One entry per generated token, the end-of-sequence token included (it is not in the text).
     assert choice.finish_reason == "stop"
-    assert len(entries) == response.usage.completion_tokens - 1
-    assert "".join(e.token for e in entries) == choice.message.content
+    assert len(entries) == response.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content + "<|im_end|>"
     for entry in entries:
         assert entry.logprob <= 0
         assert entry.bytes == list(entry.token.encode("utf-8"))
@@ -159,6 +159,15 @@ def test_json_schema_output_matches_the_schema(client):
     jsonschema.validate(person, schema)
 
 
+def test_json_schema_is_enforced_strict_or_not(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+              "required": ["city"], "additionalProperties": False}
+    for strict in (True, False):
+        response = chat(client, temperature=0, max_tokens=30, response_format={
+            "type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": strict}})
+        jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+
+
 def test_max_completion_tokens_and_user(client):
     response = chat(client, messages=[{"role": "user", "content": "Tell me a long story."}],
                     temperature=0, max_completion_tokens=5, user="user-123")
@@ -229,3 +238,49 @@ def test_context_limits(client):
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, max_tokens=4097)
     assert info.value.body["param"] == "max_tokens"
+
+
+def test_logit_bias_bans_the_greedy_token_and_forces_another(client):
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    prompt = "The capital of France is"
+    greedy = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=3)
+    first = tokenizer.encode(prompt + greedy.choices[0].text)[len(tokenizer.encode(prompt))]
+    assert greedy.choices[0].text.startswith(tokenizer.decode([first]))
+    banned = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=3, logprobs=0,
+                                       logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.tokens[0] != tokenizer.decode([first])
+    banana = tokenizer.encode(" banana")
+    assert len(banana) == 1
+    forced = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=3,
+                                       logit_bias={str(banana[0]): 100})
+    assert forced.choices[0].text == " banana" * 3
+    # The same on chat, sampling at temperature 1 too: a +100 bias leaves no other choice.
+    answer = chat(client, temperature=1.0, seed=5, max_tokens=4, logit_bias={str(banana[0]): 100})
+    assert answer.choices[0].message.content == " banana" * 4
+    greedy_chat = chat(client, temperature=0, max_tokens=8, logprobs=True)
+    first_chat = greedy_chat.choices[0].logprobs.content[0].token
+    (first_id,) = tokenizer.encode(first_chat)
+    banned_chat = chat(client, temperature=0, max_tokens=8, logprobs=True, logit_bias={str(first_id): -100})
+    assert banned_chat.choices[0].logprobs.content[0].token != first_chat
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, max_tokens=2, logit_bias={"49152": 1})
+    assert info.value.body["param"] == "logit_bias.49152"
+
+
+def test_tools_are_refused_until_implemented(client):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    for param, value in (("tools", [weather]), ("tool_choice", "required"), ("functions", [weather["function"]]),
+                         ("function_call", "auto")):
+        with pytest.raises(openai.BadRequestError) as info:
+            chat(client, max_tokens=2, **{param: value})
+        assert info.value.body["param"] == param
+        assert "not supported" in info.value.body["message"]
+    # Saying "no tools" is not refused.
+    assert chat(client, max_tokens=2, tools=[], tool_choice="none").choices[0].message.content is not None
+
+
+def test_message_names_reach_a_template_that_ignores_them(client):
+    # SmolLM2's template renders role and content only; vLLM's server gives it the name too.
+    named = [{"role": "user", "name": "alice", "content": "What is the capital of France?"}]
+    assert (chat(client, messages=named, temperature=0, max_tokens=8).usage.prompt_tokens
+            == chat(client, temperature=0, max_tokens=8).usage.prompt_tokens)

@@ -97,6 +97,19 @@ def test_unknown_model_is_a_404(client):
     (chat_body(repetition_penalty=0), "repetition_penalty"),
     (chat_body(ignore_eos="no"), "ignore_eos"),
     (chat_body(user=5), "user"),
+    (chat_body(logit_bias=[1, 2]), "logit_bias"),
+    (chat_body(logit_bias={"x": 1}), "logit_bias"),
+    (chat_body(logit_bias={"-1": 1}), "logit_bias"),
+    (chat_body(logit_bias={"5": 100.5}), "logit_bias.5"),
+    (chat_body(logit_bias={"5": "1"}), "logit_bias.5"),
+    (chat_body(logit_bias={"5": True}), "logit_bias.5"),
+    (chat_body(logit_bias={str(i): 1 for i in range(301)}), "logit_bias"),
+    (chat_body(logit_bias={"1000": -100}), "logit_bias.1000"),  # the stand-in's vocabulary is 0..999
+    (chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
+    (chat_body(tool_choice="auto"), "tool_choice"),
+    (chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"),
+    (chat_body(functions=[{"name": "f", "parameters": {}}]), "functions"),
+    (chat_body(function_call="auto"), "function_call"),
 ])
 def test_invalid_chat_fields_name_the_param(client, body, param):
     error = assert_envelope(client.post(CHAT, json=body), 400, param=param)
@@ -112,6 +125,9 @@ def test_invalid_chat_fields_name_the_param(client, body, param):
     ({"model": STAND_IN_MODEL, "prompt": "x", "logprobs": True}, "logprobs"),
     ({"model": STAND_IN_MODEL, "prompt": "x", "echo": 1}, "echo"),
     ({"model": STAND_IN_MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "logit_bias": {"7": -101}}, "logit_bias.7"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "logit_bias": {"123456789": 1}}, "logit_bias.123456789"),
+    ({"model": STAND_IN_MODEL, "prompt": "x", "logit_bias": {"1234567890": 1}}, "logit_bias"),
 ])
 def test_invalid_completion_fields_name_the_param(client, body, param):
     assert_envelope(client.post("/v1/completions", json=body), 400, param=param)

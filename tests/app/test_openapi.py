@@ -57,13 +57,30 @@ def test_request_schemas_carry_the_validation_rules_and_the_servers_limits(docum
     assert token_ids["items"]["maximum"] == VOCAB_SIZE - 1
 
 
+def test_logit_bias_and_the_refused_tool_fields_are_documented(document):
+    schemas = document["components"]["schemas"]
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        logit_bias = schemas[name]["properties"]["logit_bias"]
+        assert logit_bias["maxProperties"] == 300
+        assert logit_bias["additionalProperties"] == {"type": "number", "minimum": -100, "maximum": 100}
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert chat["tools"]["maxItems"] == 0 and chat["functions"]["maxItems"] == 0
+    assert chat["tool_choice"]["enum"] == chat["function_call"]["enum"] == ["none", None]
+    assert "always enforced" in schemas["JsonSchemaSpec"]["properties"]["strict"]["description"]
+
+
 def test_the_documented_schemas_accept_and_refuse_what_the_server_does(client, document):
     check = validator(document, "ChatCompletionRequest")
     good = {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     bad = [{**good, "temperature": 3}, {**good, "messages": []}, {**good, "n": "2"},
-           {**good, "messages": [{"role": "tool", "content": "x"}]}, {**good, "stop": ["a"] * 5}]
+           {**good, "messages": [{"role": "tool", "content": "x"}]}, {**good, "stop": ["a"] * 5},
+           {**good, "logit_bias": {"5": 101}}, {**good, "tools": [{"type": "function"}]},
+           {**good, "tool_choice": "auto"}]
     assert check.is_valid(good)
     assert client.post(CHAT, json=good).status_code == 200
+    also_good = {**good, "logit_bias": {"5": -100}, "tools": [], "tool_choice": "none", "function_call": None}
+    assert check.is_valid(also_good)
+    assert client.post(CHAT, json=also_good).status_code == 200
     for body in bad:
         assert not check.is_valid(body), body
         assert client.post(CHAT, json=body).status_code == 400, body

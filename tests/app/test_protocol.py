@@ -120,3 +120,28 @@ def test_user_is_accepted():
 def test_vllm_extensions_have_neutral_defaults():
     req = completion_request.load({"model": "m", "prompt": "x"})
     assert (req["top_k"], req["min_p"], req["repetition_penalty"], req["ignore_eos"]) == (0, 0.0, 1.0, False)
+
+
+def test_logit_bias_loads_as_token_ids_to_floats():
+    req = completion_request.load({"model": "m", "prompt": "x", "logit_bias": {"42": -100, "7": 2.5, "0": 100}})
+    assert req["logit_bias"] == {42: -100.0, 7: 2.5, 0: 100.0}
+    assert completion_request.load({"model": "m", "prompt": "x", "logit_bias": None}).get("logit_bias") is None
+
+
+def test_tools_off_is_accepted_and_any_tool_refused():
+    off = {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"}
+    chat_completion_request.load({"model": "m", "messages": MESSAGES, **off})
+    chat_completion_request.load({"model": "m", "messages": MESSAGES, **dict.fromkeys(off)})
+    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+                         ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("tools", {})):
+        with pytest.raises(ValidationError) as info:
+            chat_completion_request.load({"model": "m", "messages": MESSAGES, field: value})
+        assert field in info.value.messages
+
+
+def test_message_names_and_strict_json_schemas_are_kept():
+    req = chat_completion_request.load({
+        "model": "m", "messages": [{"role": "user", "name": "alice", "content": "Hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": True}}})
+    assert req["messages"][0]["name"] == "alice"
+    assert req["response_format"]["json_schema"]["strict"] is True

@@ -18,6 +18,15 @@ def test_tokenize_messages_with_the_chat_template(client):
     assert without["tokens"] == [5, 5, 5]
 
 
+def test_a_message_name_reaches_the_chat_template(client):
+    named = [{"role": "system", "content": "be brief"}, {"role": "user", "name": "alice", "content": "hello there"}]
+    tokens = client.post("/tokenize", json={"messages": named}).get_json()["tokens"]
+    # "system: be brief\nuser alice: hello there\nassistant:" in the stand-in's template.
+    assert tokens == [7, 2, 5, 4, 6, 5, 5, 10]
+    chat = client.post("/v1/chat/completions", json={"model": STAND_IN_MODEL, "messages": named, "max_tokens": 1})
+    assert chat.get_json()["usage"]["prompt_tokens"] == len(tokens)
+
+
 def test_tokenize_needs_exactly_one_of_prompt_and_messages(client):
     for body in ({}, {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}):
         response = client.post("/tokenize", json=body)
