@@ -247,14 +247,19 @@ class OpenAIServing:
     def _collect(self, stream: GenerationStream, call: Call) -> dict:
         choices = [Choice() for _ in range(len(call.prompts) * call.n)]
         try:
+            checked = time.monotonic()
             while not stream.finished:
                 update = stream.next_update(timeout=CLIENT_CHECK_SECONDS)
-                if update is None:
+                # Checked by the clock, not only when the engine is quiet: tokens may keep coming
+                # for minutes to a client that has long gone.
+                if time.monotonic() - checked >= CLIENT_CHECK_SECONDS:
+                    checked = time.monotonic()
                     if call.client_gone():
                         # Nobody will read the answer: stop generating it (finally aborts).
                         call.record.aborted = True
                         raise APIError("The client closed the connection.", status=CLIENT_CLOSED_STATUS,
                                        code="client_closed_request")
+                if update is None:
                     continue
                 call.observe(update)
                 for delta in update.choices:
