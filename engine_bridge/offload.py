@@ -69,11 +69,16 @@ def _lower_this_threads_priority() -> None:
             pass
 
 
-def _in_pool(fn: Callable[..., T], args, kwargs) -> T:
+def _in_pool(fn: Callable[..., T], args, kwargs) -> tuple[bool, "T | BaseException"]:
     if not in_pool_thread():
         _local.in_pool = True
         _lower_this_threads_priority()
-    return fn(*args, **kwargs)
+    # An exception is handed back as a value: one raised out of a gevent pool thread is also
+    # printed to stderr as a bare traceback, and a client's invalid request is no server error.
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:
+        return False, exc
 
 
 def run_off_hub(fn: Callable[..., T], *args, **kwargs) -> T:
@@ -83,4 +88,7 @@ def run_off_hub(fn: Callable[..., T], *args, **kwargs) -> T:
     """
     if in_pool_thread():
         return fn(*args, **kwargs)
-    return _pool_of_current_hub().apply(_in_pool, (fn, args, kwargs))
+    succeeded, outcome = _pool_of_current_hub().apply(_in_pool, (fn, args, kwargs))
+    if succeeded:
+        return outcome
+    raise outcome

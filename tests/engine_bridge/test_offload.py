@@ -42,3 +42,14 @@ def test_pool_threads_run_at_a_lower_priority():
     theirs = run_off_hub(lambda: os.getpriority(os.PRIO_PROCESS, 0))
     assert theirs == min(19, own + DEFAULT_NICE)
     assert os.getpriority(os.PRIO_PROCESS, 0) == own
+
+
+def test_an_error_in_the_pool_is_raised_to_the_caller_and_printed_nowhere(capfd):
+    def invalid():
+        raise ValueError("a client's invalid request")
+
+    with pytest.raises(ValueError, match="invalid request") as caught:
+        run_off_hub(invalid)
+    assert "invalid" in "".join(str(entry) for entry in caught.traceback)
+    gevent.sleep(0.05)
+    assert "Traceback" not in capfd.readouterr().err
