@@ -27,6 +27,11 @@ class Config:
     # Sequences generating at once (a request weighs prompts x n); the next request gets an
     # immediate 429.
     MAX_CONCURRENT = _int("MAX_CONCURRENT", 100)
+    # Unset (or memory://): the cap counts in each worker. redis://host:port/db: one cap across
+    # every replica sharing that Redis, held as leases that expire unless their holder refreshes them.
+    CONCURRENCY_STORAGE_URI = os.environ.get("CONCURRENCY_STORAGE_URI") or ""
+    # How long a dead replica's slots stay taken; holders refresh every third of it.
+    CONCURRENCY_LEASE_SECONDS = float(os.environ.get("CONCURRENCY_LEASE_SECONDS") or 30)
     # The most sequences (prompts x n) one request may ask for; more is a 400.
     MAX_SEQUENCES_PER_REQUEST = _int("MAX_SEQUENCES_PER_REQUEST", 16)
     # The most tokens one request may cost: its prompts' tokens plus max_tokens for every

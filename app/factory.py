@@ -7,6 +7,7 @@ from flask import Flask
 
 import engine_bridge
 from app import errors, guards, telemetry
+from app.concurrency import concurrency_limit
 from app.config import Config
 from app.routes import register_blueprints
 from app.serving import ChatServing, CompletionServing, TokenizationServing
@@ -24,7 +25,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     app.extensions["started_at"] = time.time()
     bridge = engine_bridge.init_app(app, app.config["ENGINE_BRIDGE"])
-    concurrency = guards.ConcurrencyLimit(app.config["MAX_CONCURRENT"])
+    concurrency = concurrency_limit(app.config)
     app.extensions["concurrency"] = concurrency
     app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
     app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)

@@ -1,4 +1,4 @@
-"""Production guards: request ids, API keys, rate limits and the cap on concurrent generations."""
+"""Production guards: request ids, API keys and rate limits (the cap on generations: app.concurrency)."""
 
 import hashlib
 import hmac
@@ -46,30 +46,6 @@ def load_api_keys(config) -> list[str]:
         with open(path, encoding="utf-8") as handle:
             keys += [line.strip() for line in handle if line.strip() and not line.startswith("#")]
     return keys
-
-
-class ConcurrencyLimit:
-    """At most `limit` sequences generating at once in this worker; the next request is refused, never queued.
-
-    A request weighs its number of sequences (prompts x n), so one request with many prompts
-    cannot hold the engine under a single slot. Greenlets never yield inside acquire or release,
-    so a plain counter is safe.
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_use = 0
-
-    def acquire(self, weight: int = 1) -> None:
-        if self.in_use + weight > self.limit:
-            raise APIError(f"The server is generating its maximum of {self.limit} sequences at once "
-                           f"({self.in_use} in use, this request needs {weight}). Please retry shortly.",
-                           status=429, type="requests", code="concurrency_limit_exceeded",
-                           headers={"Retry-After": "1"})
-        self.in_use += weight
-
-    def release(self, weight: int = 1) -> None:
-        self.in_use -= weight
 
 
 def _rate_limit_key() -> str:

@@ -1,6 +1,5 @@
 """Serving objects: turn a validated OpenAI request into engine calls and engine output into responses."""
 
-import functools
 import logging
 import time
 import uuid
@@ -11,7 +10,7 @@ from engine_bridge import EngineBridge, GenerationStream, GenerationUpdate, Samp
 
 from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
-from app.guards import ConcurrencyLimit
+from app.concurrency import ConcurrencyLimit, SharedConcurrencyLimit
 from app.telemetry import RequestRecord
 from engine_bridge.offload import run_off_hub
 
@@ -94,7 +93,7 @@ class OpenAIServing:
     chunk_object_name = ""
     prompt_param = "prompt"
 
-    def __init__(self, bridge: EngineBridge, config, concurrency: ConcurrencyLimit):
+    def __init__(self, bridge: EngineBridge, config, concurrency: "ConcurrencyLimit | SharedConcurrencyLimit"):
         self.bridge = bridge
         self.concurrency = concurrency
         self.max_prompt_tokens = config["MAX_PROMPT_TOKENS"]
@@ -128,8 +127,7 @@ class OpenAIServing:
         sequences = self.prompt_count(req) * options.n
         self._check_sequences(req, sequences)
         self._check_tokens(sequences * options.max_tokens, 0, req)
-        self.concurrency.acquire(sequences)
-        release = functools.partial(self.concurrency.release, sequences)
+        release = self.concurrency.acquire(sequences)
         try:
             prompts, prompt_texts = self.prompts(req)
             for prompt in prompts:
