@@ -12,6 +12,7 @@ from engine_bridge import (
     ContextLengthExceeded,
     EngineFailed,
     EngineNotReady,
+    GenerationInterrupted,
     RequestRejected,
 )
 
@@ -74,6 +75,10 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(str(exc), param=exc.param)
     if isinstance(exc, EngineNotReady):
         return APIError(**status.not_ready_error(str(exc)), status=503, headers=status.retry_after_headers())
+    if isinstance(exc, GenerationInterrupted):
+        # Not a 503: the request had started, and a proxy must not send it to another replica.
+        return APIError("The server is shutting down and stopped generating this response. Please retry the request.",
+                        status=500, type="server_error", code="server_shutting_down")
     if isinstance(exc, EngineFailed):
         return APIError("The inference engine failed while processing your request.",
                         status=500, type="server_error", code="engine_failed")

@@ -8,6 +8,7 @@ from engine_bridge.errors import (
     EngineError,
     EngineFailed,
     EngineNotReady,
+    GenerationInterrupted,
     RequestRejected,
 )
 from engine_bridge.settings import EngineSettings
@@ -23,6 +24,7 @@ __all__ = [
     "EngineSettings",
     "EngineState",
     "GenerationStream",
+    "GenerationInterrupted",
     "GenerationUpdate",
     "RequestRejected",
     "SamplingOptions",

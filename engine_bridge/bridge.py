@@ -24,7 +24,7 @@ import gevent.queue
 
 from engine_bridge.conversion import client_errors, rejection, sampling_params, update_from_output
 from engine_bridge.engine import build_engine
-from engine_bridge.errors import ContextLengthExceeded, EngineFailed, EngineNotReady
+from engine_bridge.errors import ContextLengthExceeded, EngineFailed, EngineNotReady, GenerationInterrupted
 from engine_bridge.offload import run_off_hub
 from engine_bridge.settings import EngineSettings
 from engine_bridge.types import GenerationUpdate, SamplingOptions
@@ -297,12 +297,12 @@ class EngineBridge:
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of token_ids."""
-        self._require_ready()
+        self._require_tokenizer()
         return run_off_hub(lambda: self._thread_tokenizer().decode(list(token_ids)))
 
     def token_texts(self, token_ids: Sequence[int]) -> list[str]:
         """The text of each token on its own."""
-        self._require_ready()
+        self._require_tokenizer()
         return run_off_hub(lambda: [self._thread_tokenizer().decode([t]) for t in token_ids])
 
     def generate(self, prompts: Sequence[Sequence[int]], options: SamplingOptions,
@@ -346,6 +346,11 @@ class EngineBridge:
         # len() of its lists is safe to read from another thread.
         core = getattr(getattr(self._engine, "engine_core", None), "engine_core", None)
         return getattr(core, "scheduler", None)
+
+    def _require_tokenizer(self) -> None:
+        """As _require_ready, but draining is fine: requests in flight finish their answers (echo, logprobs)."""
+        if self._state is not EngineState.DRAINING:
+            self._require_ready()
 
     def _require_ready(self) -> None:
         if self._state is EngineState.READY:
@@ -399,7 +404,7 @@ class EngineBridge:
             elif command[0] == "abort":
                 self._abort(command[1])
             else:
-                self._fail_all(EngineNotReady("the server is shutting down"))
+                self._fail_all(GenerationInterrupted("the server is shutting down"))
                 return False
             try:
                 command = self._inbox.get_nowait()

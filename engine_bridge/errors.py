@@ -9,6 +9,14 @@ class EngineNotReady(EngineError):
     """The engine is still loading, draining or stopped; try again later."""
 
 
+class GenerationInterrupted(EngineError):
+    """The server stopped while this request was generating (its drain time was up); the work is lost.
+
+    Not an EngineNotReady: that one is a 503 sent before any work, which a proxy in front may
+    safely send to another replica; this request had started.
+    """
+
+
 class EngineFailed(EngineError):
     """The engine thread died or the engine raised; requests in flight are lost."""
 

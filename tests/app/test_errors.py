@@ -216,3 +216,24 @@ def test_a_bad_request_does_not_disturb_one_in_flight(make_client):
     assert bad.value.status_code == 400
     assert good.value.status_code == 200
     assert good.value.get_json()["choices"][0]["message"]["content"] == "Hello from the stand-in engine ."
+
+
+def test_only_refusals_before_any_work_are_503s(make_client):
+    """A proxy may resend a 503 to another replica, so a request the server had started is never one."""
+    import gevent
+
+    engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.01, max_model_len=4096)
+    bridge = make_stand_in_bridge(engine)
+    client = make_client(bridge)
+    started = gevent.spawn(client.post, CHAT, json=chat_body(max_tokens=1000))
+    while not engine.has_unfinished_requests():
+        gevent.sleep(0.01)
+    bridge.begin_drain()
+    # Draining: a new request is refused before any work, with a 503.
+    refused = client.post(CHAT, json=chat_body())
+    assert_envelope(refused, 503, type_="server_error", code="engine_not_ready")
+    # The drain time is up: the one that was generating ends with a 500, not a 503.
+    gevent.get_hub().threadpool.apply(bridge.shutdown)
+    interrupted = started.get(timeout=10)
+    error = assert_envelope(interrupted, 500, type_="server_error", code="server_shutting_down")
+    assert "retry" in error["message"]

@@ -13,6 +13,7 @@ from engine_bridge import (
     EngineNotReady,
     EngineSettings,
     EngineState,
+    GenerationInterrupted,
     RequestRejected,
     SamplingOptions,
 )
@@ -198,7 +199,7 @@ def test_shutdown_ends_streams_in_flight_and_stops_the_thread():
     stream = bridge.generate([[1]], SamplingOptions(max_tokens=1000))
     stream.next_update()
     bridge.shutdown()
-    with pytest.raises(EngineNotReady):
+    with pytest.raises(GenerationInterrupted):
         collect(stream)
     assert bridge.state is EngineState.STOPPED
     assert not engine.has_unfinished_requests()
@@ -237,3 +238,10 @@ def test_closing_a_several_prompt_stream_aborts_every_prompt():
         assert sorted(engine.aborted) == sorted(stream.request_ids)
     finally:
         bridge.shutdown()
+
+
+def test_a_draining_bridge_still_detokenizes_for_requests_in_flight(stand_in_bridge):
+    stand_in_bridge.begin_drain()
+    assert stand_in_bridge.token_texts([1, 2]) == [stand_in_bridge.detokenize([1]), stand_in_bridge.detokenize([2])]
+    with pytest.raises(EngineNotReady):
+        stand_in_bridge.tokenize("new work")
