@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha1sum | cut -c1-12)
 BENCH_INSTALLED := $(VENV)/.bench-installed-$(shell cat $(BENCH_REQUIREMENTS) | sha1sum | cut -c1-12)
 
-.PHONY: install model serve test bench soak clean system-packages
+.PHONY: install model serve cluster test bench soak clean system-packages
 
 install: $(INSTALLED)
 
@@ -52,6 +52,12 @@ endif
 serve: model
 	@echo "==> starting gunicorn on http://$(HOST):$(PORT) (the engine loads first; /health says when it is ready)"
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+# `make cluster`: on loopback, Redis, REPLICAS (2) servers on ports from REPLICA_BASE_PORT (8001)
+# sharing one rate limit and concurrency cap, and nginx in front on HOST:PORT (deploy/nginx's
+# site and upstream). Ctrl-C stops everything; logs in .cache/cluster/.
+cluster: model system-packages
+	$(BIN)/python -m deploy.cluster
 
 # The tests start a real redis-server (shared rate limits) and a real nginx (deploy/nginx);
 # Debian's packages, installed once.

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from deploy.cluster import UPSTREAM, write_nginx_config
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ROOT, ServerProcess, _die_with_parent, free_port
 
 UNIT = ROOT / "deploy" / "systemd" / "vllm-flask-server.service"
-SITE = ROOT / "deploy" / "nginx" / "vllm-flask-server.conf"
+TEMPLATE_UNIT = ROOT / "deploy" / "systemd" / "vllm-flask-server@.service"
 INSTALL_DIR = "/opt/vllm-flask-server"
 # Clients connect from this loopback address, so the server can tell them from nginx (127.0.0.1).
 CLIENT_ADDRESS = "127.0.0.2"
@@ -40,36 +41,17 @@ def read_unit(path: Path) -> tuple[dict, list[str], str]:
 
 
 class Nginx:
-    """nginx with the project's site config, on loopback ports, in a folder of its own."""
+    """nginx with the project's site and upstream files, on loopback ports, in a folder of its own."""
 
-    def __init__(self, folder: Path, upstream_port: int):
+    def __init__(self, folder: Path, upstream_ports: list[int]):
         self.folder = folder
         self.port = free_port()
-        self.access_log = folder / "vllm-flask-server.access.log"
-        site = SITE.read_text()
-        site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
-        site = site.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
-        site = site.replace("/var/log/nginx/vllm-flask-server.access.log", str(self.access_log))
-        assert f":{upstream_port};" in site and f":{self.port};" in site and str(self.access_log) in site
-        (folder / "site.conf").write_text(site)
-        temp_paths = "\n".join(f"    {kind}_temp_path {folder / kind};" for kind in
-                               ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        user = "user root;" if os.geteuid() == 0 else ""
-        (folder / "nginx.conf").write_text(f"""{user}
-worker_processes 1;
-daemon off;
-pid {folder / 'nginx.pid'};
-error_log {folder / 'error.log'} info;
-events {{ worker_connections 512; }}
-http {{
-{temp_paths}
-    include {folder / 'site.conf'};
-}}
-""")
+        self.config = write_nginx_config(folder, f"127.0.0.1:{self.port}", upstream_ports)
+        self.access_log = folder / "access.log"
         self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
 
     def start(self) -> "Nginx":
-        config = str(self.folder / "nginx.conf")
+        config = str(self.config)
         check = subprocess.run([self.binary, "-t", "-p", str(self.folder), "-c", config],
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
@@ -100,7 +82,7 @@ def deployed(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     server = ServerProcess(env={**env, "HOME": str(state)}, command=command,
                            cwd=Path(cwd.replace(INSTALL_DIR, str(ROOT)))).start()
-    nginx = Nginx(tmp_path_factory.mktemp("nginx"), server.port).start()
+    nginx = Nginx(tmp_path_factory.mktemp("nginx"), [server.port]).start()
     yield server, nginx
     nginx.stop()
     server.stop()
@@ -179,3 +161,38 @@ def test_errors_arrive_as_the_servers_envelopes(deployed):
     assert response.status == 400
     assert json.loads(response.read())["error"]["param"] == "messages"
     conn.close()
+
+
+def test_the_template_unit_serves_gpu_n_on_port_8000_plus_n(tmp_path):
+    """vllm-flask-server@N: the shell in ExecStart derives CUDA_VISIBLE_DEVICES and PORT from N."""
+    env, command, cwd = read_unit(TEMPLATE_UNIT)
+    single_env, single_command, single_cwd = read_unit(UNIT)
+    assert cwd == single_cwd and {k: v for k, v in env.items() if k != "BASE_PORT"} == \
+        {k: v for k, v in single_env.items() if k != "PORT"}
+    # What systemd hands the shell for instance 3: %i is the instance, $$ a literal $.
+    command = [part.replace("%i", "3").replace("$$", "$") for part in command]
+    gunicorn = f"{INSTALL_DIR}/.venv/bin/gunicorn"
+    assert gunicorn in command[-1] and single_command[0] == gunicorn
+    fake = tmp_path / "gunicorn"
+    fake.write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $PORT $HOST $*"\n')
+    fake.chmod(0o755)
+    command[-1] = command[-1].replace(gunicorn, str(fake))
+    shown = subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert shown == ["3", "8003", "127.0.0.1", *single_command[1:]]
+    # The upstream file lists instances 0 and 1 at the same addresses.
+    assert re.findall(r"server 127\.0\.0\.1:(\d+)", UPSTREAM.read_text()) == ["8000", "8001"]
+
+
+def test_the_cluster_config_has_one_upstream_line_per_replica(tmp_path):
+    config = write_nginx_config(tmp_path, "127.0.0.1:18999", [9101, 9102, 9103])
+    upstream = (tmp_path / "upstream.conf").read_text()
+    assert re.findall(r"server (\S+) max_fails=1 fail_timeout=5s;", upstream) == \
+        ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"]
+    assert "least_conn;" in upstream
+    site = (tmp_path / "site.conf").read_text()
+    assert "listen 127.0.0.1:18999;" in site
+    assert "proxy_next_upstream error timeout http_503 non_idempotent;" in site
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

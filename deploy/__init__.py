@@ -1,0 +1,1 @@
+"""What a production install needs around the server: nginx, systemd, and `make cluster` (cluster.py)."""
