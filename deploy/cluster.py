@@ -225,7 +225,8 @@ class Cluster:
     def _start_nginx(self) -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         config = write_nginx_config(self.folder, self.listen, [r.port for r in self.replicas])
-        check = subprocess.run([binary, "-t", "-p", str(self.folder), "-c", str(config)], capture_output=True, text=True)
+        check = subprocess.run([binary, "-t", "-p", str(self.folder), "-c", str(config)],
+                               capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused its configuration:\n{check.stderr}")
         self.nginx = subprocess.Popen([binary, "-p", str(self.folder), "-c", str(config)],
@@ -304,8 +305,8 @@ def main() -> None:
               f"Redis at {cluster.redis_url}; logs in {cluster.folder}", flush=True)
         print("==> the replicas load their engines (nginx answers 503 'loading' until one is ready) ...", flush=True)
         cluster.wait_healthy()
-        print(f"==> ready in {time.monotonic() - started:.0f} s: curl {cluster.url}/v1/models  (Ctrl-C stops everything)",
-              flush=True)
+        print(f"==> ready in {time.monotonic() - started:.0f} s: curl {cluster.url}/v1/models  "
+              "(Ctrl-C stops everything)", flush=True)
         while True:
             for replica in cluster.replicas:
                 if replica.process.poll() is not None and not getattr(replica, "reported", False):
