@@ -237,3 +237,22 @@ def test_only_refusals_before_any_work_are_503s(make_client):
     interrupted = started.get(timeout=10)
     error = assert_envelope(interrupted, 500, type_="server_error", code="server_shutting_down")
     assert "retry" in error["message"]
+
+
+def test_a_stream_cut_by_the_drain_ends_with_server_shutting_down(make_client):
+    import json
+
+    import gevent
+
+    engine = StandInEngine(answer=" ".join(["w"] * 1000), step_delay=0.01, max_model_len=4096)
+    bridge = make_stand_in_bridge(engine)
+    client = make_client(bridge)
+    response = client.post(CHAT, json=chat_body(max_tokens=1000, stream=True), buffered=False)
+    events = iter(response.response)
+    next(events)
+    gevent.get_hub().threadpool.apply(bridge.shutdown)
+    rest = b"".join(events).decode().split("\n\n")
+    rest = [e for e in rest if e]
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "server_shutting_down" and "shutting down" in error["message"]
