@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 
+from engine_bridge.executor_workers import make_workers_exit_with_parent
 from engine_bridge.settings import EngineSettings, platform_defaults
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def build_engine(settings: EngineSettings):
     # threading at exit; the bars work without it.
     tqdm.tqdm.monitor_interval = 0
 
+    # With several ranks, vLLM starts a worker process per rank from here; see the module.
+    make_workers_exit_with_parent()
     platform = _platform()
     if platform == "cpu":
         _compile_helpers_without_subprocesses()
