@@ -100,6 +100,7 @@ def build_engine(settings: EngineSettings):
 
     import tqdm
     from vllm import EngineArgs, LLMEngine
+    from vllm.usage.usage_lib import UsageContext
 
     # tqdm's monitor thread outlives the loading bars and trips over gevent's patched
     # threading at exit; the bars work without it.
@@ -125,6 +126,8 @@ def build_engine(settings: EngineSettings):
     )
     started = time.monotonic()
     with _globals_safe_for_vllm_scan():
-        engine = LLMEngine.from_engine_args(args)
+        # Unset MAX_NUM_SEQS / MAX_NUM_BATCHED_TOKENS take the defaults vLLM gives its own OpenAI
+        # server, tuned per device (1024 / 8192 on an 80 GB H100), not the library's 128 / 2048.
+        engine = LLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
     log.info("engine loaded in %.1f s", time.monotonic() - started)
     return engine
