@@ -191,8 +191,9 @@ def test_an_engine_failure_ends_every_rank_and_a_fresh_worker_serves(tp_server):
     failing = requests.post(tp_server.base_url + "/v1/chat/completions", timeout=300,
                             json=chat_body(max_tokens=FAIL_MARKER_MAX_TOKENS))
     assert_envelope(failing, 500, "engine_failed")
-    # vLLM's shutdown ends the ranks (within about 10 s at worst) before the worker exits.
-    gone = wait_until_gone(processes, timeout=RANKS_GONE_WITHIN + 10)
+    # vLLM's shutdown ends the ranks (5 s grace, SIGTERM, 4 s, SIGKILL) while the worker waits for
+    # it, up to 17 s; 8.5 s and 20.8 s at load averages of 40, with the resource tracker's clean-up.
+    gone = wait_until_gone(processes, timeout=45)
     print(f"engine failure: the worker and its {len(processes) - 1} processes were gone {gone:.1f} s after the 500")
     assert f"Worker (pid:{worker}) exited with code 1" in tp_server.log_path.read_text()
     wait_healthy(tp_server)
