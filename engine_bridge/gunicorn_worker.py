@@ -49,6 +49,10 @@ SHUTDOWN_RESERVE_SECONDS = 5.0
 # error responses of the requests in flight) before it exits; at most FLUSH_SECONDS more while
 # responses are still being written.
 FAILED_LINGER_SECONDS = 2.0
+# Then, at most this long for the engine thread to close the failed engine: vLLM's executor stops
+# its rank processes (TENSOR_PARALLEL_SIZE > 1) there, waiting 5 s for them, then SIGTERM, 4 s,
+# then SIGKILL. A worker that left before that left ranks behind, blocked in their own shutdown.
+FAILED_CLOSE_SECONDS = 15.0
 FLUSH_SECONDS = 2.0
 # Kept at the very end of GRACEFUL_TIMEOUT to close connections, log and exit.
 EXIT_SECONDS = 1.5
@@ -262,6 +266,9 @@ class EngineGeventWorker(GeventWorker):
         started = time.monotonic()
         while time.monotonic() - started < FAILED_LINGER_SECONDS or (
                 self._in_flight and time.monotonic() - started < FAILED_LINGER_SECONDS + FLUSH_SECONDS):
+            self.notify()
+            gevent.sleep(TICK_SECONDS)
+        while not bridge.closed and time.monotonic() - started < FAILED_LINGER_SECONDS + FAILED_CLOSE_SECONDS:
             self.notify()
             gevent.sleep(TICK_SECONDS)
         self._stop_servers(servers)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from engine_bridge.default_model import DEFAULT_MODEL_NAME, default_model_dir
 
 
-def _env_bool(name: str, default: bool) -> bool:
+def _env_bool(name: str, default: bool | None) -> bool | None:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -24,19 +24,47 @@ def _env_float(name: str, default: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class PlatformDefaults:
+    """What an unset setting means on one kind of device."""
+
+    # What DTYPE=auto becomes: "auto" hands the choice to vLLM (the model's own dtype).
+    dtype: str
+    # ENFORCE_EAGER when unset: True skips torch.compile and CUDA graphs.
+    enforce_eager: bool
+
+
+def platform_defaults(platform: str) -> PlatformDefaults:
+    """The defaults for vLLM's platform (its device_type: "cpu", "cuda", ...); the one place they are decided.
+
+    CPU: float32, because bf16 with eager execution gave wrong text there; eager, because
+    torch.compile's warm-up added about 95 s to start-up and CPU has no CUDA graphs to gain.
+    A GPU: the model's own dtype, and CUDA graphs on (eager off), which decode needs for speed.
+    """
+    if platform == "cpu":
+        return PlatformDefaults(dtype="float32", enforce_eager=True)
+    return PlatformDefaults(dtype="auto", enforce_eager=False)
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """What the engine loads and how; every field has an environment variable (see README)."""
 
     model: str = field(default_factory=lambda: str(default_model_dir()))
     served_model_name: str = DEFAULT_MODEL_NAME
-    # "auto" means float32 on CPU (bf16 + eager gave wrong text there) and the model's dtype on GPU.
+    # "auto" means the platform's default (platform_defaults): float32 on CPU, the model's own on GPU.
     dtype: str = "auto"
     max_model_len: int | None = None
     kv_cache_gb: int = 1
     gpu_memory_utilization: float = 0.9
+    # vLLM's own parallelism: several worker processes (one per device) started by its executor,
+    # "mp" (multiprocessing, one host) or "ray" (several hosts); None lets vLLM choose.
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
     max_num_seqs: int | None = None
-    enforce_eager: bool = True
+    max_num_batched_tokens: int | None = None
+    # None means the platform's default (platform_defaults): eager on CPU, CUDA graphs on GPU.
+    enforce_eager: bool | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
     # "module:function" building the engine from these settings instead of build_engine
@@ -56,8 +84,11 @@ class EngineSettings:
             kv_cache_gb=_env_int("KV_CACHE_GB", 1),
             gpu_memory_utilization=_env_float("GPU_MEMORY_UTILIZATION", 0.9),
             tensor_parallel_size=_env_int("TENSOR_PARALLEL_SIZE", 1),
+            pipeline_parallel_size=_env_int("PIPELINE_PARALLEL_SIZE", 1),
+            distributed_executor_backend=os.environ.get("DISTRIBUTED_EXECUTOR_BACKEND") or None,
             max_num_seqs=_env_int("MAX_NUM_SEQS", None),
-            enforce_eager=_env_bool("ENFORCE_EAGER", True),
+            max_num_batched_tokens=_env_int("MAX_NUM_BATCHED_TOKENS", None),
+            enforce_eager=_env_bool("ENFORCE_EAGER", None),
             enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
             seed=_env_int("ENGINE_SEED", 0),
             engine_factory=os.environ.get("ENGINE_FACTORY") or None,
