@@ -246,13 +246,18 @@ def test_the_servers_errors_are_shown_as_they_come(open_page):
 def test_on_a_phone(open_page):
     chat = open_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
     page = chat.page
-    # The settings fold away; the conversation and the message box take the screen.
-    expect(page.locator("#settings")).to_be_hidden()
-    page.click("#toggle-settings")
+    # Without a key the settings unfold where the key goes; then they fold away under a button,
+    # and the conversation and the message box take the screen.
+    expect(page.locator("#banner")).to_contain_text("(401, invalid_api_key)")
     expect(page.locator("#settings")).to_be_visible()
     chat.enter_key()
     chat.wait_for_models()
     chat.settings(temperature=0, max_tokens=20)
+    page.click("#toggle-settings")
+    expect(page.locator("#settings")).to_be_hidden()
+    expect(page.locator("#toggle-settings")).to_have_attribute("aria-expanded", "false")
+    page.click("#toggle-settings")
+    expect(page.locator("#settings")).to_be_visible()
     page.click("#toggle-settings")
     expect(page.locator("#settings")).to_be_hidden()
 
@@ -270,4 +275,28 @@ def test_on_a_phone(open_page):
     assert prompt["y"] > PHONE["height"] * 0.8  # the message box sits at the bottom, under the thumb
     assert page.locator("#new-chat").bounding_box()["height"] < 50  # the top bar's buttons fit on one line
     page.screenshot(path=str(SCREENSHOTS / "playground-phone.png"))
+    chat.assert_everything_came_from_the_server()
+
+
+def test_the_key_is_remembered_only_when_asked(open_page):
+    chat = open_page()
+    page = chat.page
+    chat.enter_key()
+    chat.wait_for_models()
+    stored = "() => Object.values(localStorage).join(' ')"
+    assert API_KEY not in page.evaluate(stored)
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value("")  # kept in memory only: gone with the page
+    expect(page.locator("#banner")).to_contain_text("(401, invalid_api_key)")
+
+    chat.enter_key()
+    page.check("#remember-key")
+    chat.wait_for_models()
+    assert API_KEY in page.evaluate(stored)
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value(API_KEY)
+    chat.wait_for_models()
+    expect(page.locator("#banner")).to_be_hidden()
+    page.uncheck("#remember-key")
+    assert API_KEY not in page.evaluate(stored)
     chat.assert_everything_came_from_the_server()

@@ -90,7 +90,12 @@
       const response = await fetch("/v1/models", { headers: requestHeaders() });
       if (!response.ok) {
         const text = await errorFromResponse(response);
-        showBanner(response.status === 401 ? `${text} Enter the server's API key in Settings.` : text);
+        if (response.status === 401) {
+          showBanner(`${text} Enter the server's API key in Settings.`);
+          setSettingsOpen(true);  // folded away on a phone: unfold them where the key goes
+        } else {
+          showBanner(text);
+        }
         return;
       }
       hideBanner();
@@ -102,6 +107,12 @@
     } catch (err) {
       showBanner(`Cannot reach the server: ${err.message}`);
     }
+  }
+
+  // On narrow screens the settings fold away under a button (a no-op on wide ones, where they show).
+  function setSettingsOpen(open) {
+    els.settings.classList.toggle("open", open);
+    els.toggleSettings.setAttribute("aria-expanded", String(open));
   }
 
   function appendMessage(role, text) {
@@ -285,10 +296,7 @@
     els.prompt.focus();
   });
 
-  els.toggleSettings.addEventListener("click", () => {
-    const open = els.settings.classList.toggle("open");
-    els.toggleSettings.setAttribute("aria-expanded", String(open));
-  });
+  els.toggleSettings.addEventListener("click", () => setSettingsOpen(!els.settings.classList.contains("open")));
 
   for (const name of SAVED_FIELDS) els[name].addEventListener("change", saveSettings);
   els.model.addEventListener("change", () => { els.modelName.textContent = els.model.value; saveSettings(); });
