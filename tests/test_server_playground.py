@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
@@ -176,7 +177,14 @@ def test_a_conversation_streams_into_the_page(open_page, keyed_server):
     chat.assert_everything_came_from_the_server()
 
 
-def test_stop_ends_the_generation_on_the_server_and_a_busy_server_says_429(open_page, keyed_server):
+def wait_until_engine_idle(server, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while engine_load(server) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert engine_load(server) == (0, 0)
+
+
+def test_stop_ends_the_generation_on_the_server(open_page, keyed_server):
     aborts_before = value(scrape(keyed_server.base_url), "http_client_aborts_total", default=0, endpoint=CHAT)
     chat = open_page()
     chat.enter_key()
@@ -186,25 +194,12 @@ def test_stop_ends_the_generation_on_the_server_and_a_busy_server_says_429(open_
     expect(reply.locator(".content")).to_contain_text("1", timeout=REPLY_TIMEOUT_MS)
     assert engine_load(keyed_server) == (1, 0)
 
-    # The server generates one sequence at a time (MAX_CONCURRENT=1): a second tab is refused at once.
-    other = open_page()
-    other.enter_key()
-    other.wait_for_models()
-    refused = other.ask("Hello")
-    assert other.wait_until_finished(refused) == "error"
-    error = refused.locator(".error").inner_text()
-    assert "maximum of 1 sequences" in error and "(429, concurrency_limit_exceeded, retry after 1 s)" in error
-    expect(other.page.locator("#prompt")).to_have_value("Hello")  # given back to resend
-
     chat.page.click("#stop")
     assert chat.wait_until_finished(reply) == "stopped"
     assert "stopped" in reply.locator(".meta").inner_text()
     stopped_text = reply.locator(".content").inner_text()
     # The engine lets go of the request as soon as the server sees the connection closed.
-    deadline = time.monotonic() + 20
-    while engine_load(keyed_server) != (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert engine_load(keyed_server) == (0, 0)
+    wait_until_engine_idle(keyed_server)
     assert value(scrape(keyed_server.base_url), "http_client_aborts_total", endpoint=CHAT) == aborts_before + 1
     log = keyed_server.request_log_line(chat.chat_requests()[0].response().headers["x-request-id"])
     assert log["aborted"] is True  # the stream had begun (200); its client left before the end
@@ -213,7 +208,28 @@ def test_stop_ends_the_generation_on_the_server_and_a_busy_server_says_429(open_
     expect(chat.page.locator("#send")).to_be_visible()
     expect(chat.page.locator("#stop")).to_be_hidden()
     chat.assert_everything_came_from_the_server()
-    other.assert_everything_came_from_the_server()
+
+
+def test_a_busy_server_says_429(open_page, keyed_server):
+    chat = open_page()
+    chat.enter_key()
+    chat.wait_for_models()
+    chat.settings(max_tokens=5)
+    # The server generates one sequence at a time (MAX_CONCURRENT=1); another client holds it.
+    with requests.post(keyed_server.base_url + CHAT, stream=True, timeout=REPLY_TIMEOUT_MS / 1000,
+                       headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": COUNTING}],
+                             "max_tokens": 4000, "ignore_eos": True, "stream": True}) as held:
+        assert held.status_code == 200
+        next(held.iter_lines())
+        assert value(scrape(keyed_server.base_url), "http_requests_generating") == 1
+        refused = chat.ask("Hello")
+        assert chat.wait_until_finished(refused) == "error"
+    error = refused.locator(".error").inner_text()
+    assert "maximum of 1 sequences" in error and error.endswith("(429, concurrency_limit_exceeded, retry after 1 s)")
+    expect(chat.page.locator("#prompt")).to_have_value("Hello")  # given back to resend
+    wait_until_engine_idle(keyed_server)
+    chat.assert_everything_came_from_the_server()
 
 
 def test_the_servers_errors_are_shown_as_they_come(open_page):
