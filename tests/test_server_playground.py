@@ -7,7 +7,6 @@ The screenshots in docs/ are written by these tests.
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -221,7 +220,9 @@ def test_a_busy_server_says_429(open_page, keyed_server):
                        json={"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": COUNTING}],
                              "max_tokens": 4000, "ignore_eos": True, "stream": True}) as held:
         assert held.status_code == 200
-        next(held.iter_lines())
+        # Keep the line iterator: a discarded one closes the connection, and the server aborts.
+        lines = held.iter_lines()
+        next(lines)
         assert value(scrape(keyed_server.base_url), "http_requests_generating") == 1
         refused = chat.ask("Hello")
         assert chat.wait_until_finished(refused) == "error"
