@@ -36,7 +36,8 @@ $(INSTALLED): $(REQUIREMENTS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The benchmark's extra packages (the chart); the tests check the benchmark code too.
+# The benchmark's extra packages (the chart), and Playwright for the chat page's browser tests;
+# the tests check the benchmark code too.
 $(BENCH_INSTALLED): $(BENCH_REQUIREMENTS) | $(INSTALLED)
 	@echo "==> installing the benchmark's packages into $(VENV)"
 	$(BIN)/pip install --progress-bar off -q -r $(BENCH_REQUIREMENTS)
@@ -59,9 +60,10 @@ serve: model
 cluster: model system-packages
 	$(BIN)/python -m deploy.cluster
 
-# The tests start a real redis-server (shared rate limits) and a real nginx (deploy/nginx);
-# Debian's packages, installed once.
-SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx-light
+# The tests start a real redis-server (shared rate limits) and a real nginx (deploy/nginx), drive
+# the chat page in headless chromium, and run examples/js with node (npm installs their packages);
+# Debian's packages, installed once. Each pair is a command and the package that provides it.
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx-light chromium:chromium node:nodejs npm:npm
 system-packages:
 	@missing="$$(for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || echo $${pair#*:}; done)"; \

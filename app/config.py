@@ -3,6 +3,13 @@
 import os
 
 
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
@@ -41,6 +48,8 @@ class Config:
     TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
     # Seconds between `: keep-alive` comments while a stream waits for its first or next token.
     SSE_KEEPALIVE_SECONDS = float(os.environ.get("SSE_KEEPALIVE_SECONDS") or 15)
+    # The chat page at / (static files calling the API like any client); PLAYGROUND=0 turns it off.
+    PLAYGROUND = _bool("PLAYGROUND", True)
     # Keep the JSON we send compact and in insertion order.
     JSON_SORT_KEYS = False
     # An EngineBridge to use instead of the process's own (tests pass a stand-in here).

@@ -15,7 +15,8 @@ from app.serving import ChatServing, CompletionServing, TokenizationServing
 
 def create_app(config: dict | None = None) -> Flask:
     """Application factory: config overrides Config (e.g. {"ENGINE_BRIDGE": bridge} in tests)."""
-    app = Flask("app")
+    # No app-wide /static route: the chat page's blueprint serves its own folder, only when enabled.
+    app = Flask("app", static_folder=None)
     app.config.from_object(Config)
     if config:
         app.config.update(config)

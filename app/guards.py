@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's request id is kept when it is this plain; anything else is replaced.
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Paths that need no key and count against no limit (probes, scrapers, the API description).
-OPEN_PATHS = ("/health", "/metrics", "/openapi.json")
+# Paths that need no key and count against no limit (probes, scrapers, the API description,
+# and the chat page's static files, which hold no secret: the page's own calls to /v1/* carry
+# the key its user typed).
+OPEN_PATHS = ("/health", "/metrics", "/openapi.json", "/")
+OPEN_PREFIXES = ("/playground/",)
 
 
 def _request_id() -> str:
@@ -54,7 +57,7 @@ def _rate_limit_key() -> str:
 
 
 def _is_open_path() -> bool:
-    return request.path in OPEN_PATHS
+    return request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES)
 
 
 def init_app(app: Flask) -> Limiter:

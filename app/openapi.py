@@ -1,7 +1,8 @@
 """GET /openapi.json: the OpenAPI 3 document, built from the Marshmallow schemas that validate requests.
 
 A view states what it takes and returns with @documented(...); build_spec walks the app's URL
-map, so every route is in the document, a blueprint added later included.
+map, so every route is in the document, a blueprint added later included (static files, and views
+marked @undocumented such as the chat page, are left out).
 """
 
 import copy
@@ -62,6 +63,12 @@ def documented(summary: str, request: type[Schema] | None = None, response: type
         view.openapi = Operation(summary, request, response, stream, text, responses or {}, tags)
         return view
     return attach
+
+
+def undocumented(view):
+    """Leave a view out of /openapi.json (a page for browsers, not part of the API)."""
+    view.openapi_hidden = True
+    return view
 
 
 def _field_schema(self, field, **kwargs) -> dict:
@@ -146,9 +153,9 @@ def build_spec(app) -> dict:
 
     paths: dict[str, dict] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
-            continue
         view = app.view_functions[rule.endpoint]
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static") or getattr(view, "openapi_hidden", False):
+            continue
         path = _openapi_path(rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(method.lower(), rule.endpoint, view)
