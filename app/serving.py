@@ -46,6 +46,8 @@ class Call:
     # Per prompt: prompt tokens and, for echo with logprobs, the prompt's own token logprobs.
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     prompt_logprobs: dict[int, list] = field(default_factory=dict)
+    # Per prompt: how many of its tokens the engine's prefix cache already held.
+    cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: int = 0
     # Echo with max_tokens 0: the engine generates one token that the response leaves out.
     discard_generated: bool = False
@@ -63,6 +65,7 @@ class Call:
 
     def observe(self, update: GenerationUpdate) -> None:
         self.prompt_tokens[update.prompt_index] = update.prompt_tokens
+        self.cached_tokens[update.prompt_index] = update.num_cached_tokens
         if update.prompt_logprobs is not None:
             self.prompt_logprobs[update.prompt_index] = update.prompt_logprobs
         if not self.discard_generated:
@@ -75,7 +78,8 @@ class Call:
     def usage(self) -> dict:
         prompt_tokens = sum(self.prompt_tokens.get(i, len(p)) for i, p in enumerate(self.prompts))
         return {"prompt_tokens": prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": prompt_tokens + self.completion_tokens}
+                "total_tokens": prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": sum(self.cached_tokens.values())}}
 
 
 def check_model(bridge: EngineBridge, model: str) -> None:
