@@ -109,18 +109,19 @@ class OpenAIServing:
         self.keepalive_seconds = config["SSE_KEEPALIVE_SECONDS"]
 
     def create(self, body: dict, request_id: str | None = None, record: RequestRecord | None = None,
-               client_gone: Callable[[], bool] | None = None) -> "dict | EventStream":
+               client_gone: Callable[[], bool] | None = None, validated: dict | None = None) -> "dict | EventStream":
         """The response body for body, or the SSE events when it asks to stream.
 
         A generation holds one concurrency slot per sequence (prompts x n) until its response is
         complete or its client gone (client_gone() says so; the engine work is then aborted);
         request_id becomes the prefix of its engine request ids; record gets the model, token
-        counts and time to first token for the request's log line and metrics.
+        counts and time to first token for the request's log line and metrics. validated is body
+        already loaded by self.schema (the response cache loads it to find its entry).
         """
         record = record or RequestRecord()
         client_gone = client_gone or (lambda: False)
         # Validation walks every message and token id: for a large body that is real CPU work.
-        req = run_off_hub(self.schema.load, body)
+        req = validated if validated is not None else run_off_hub(self.schema.load, body)
         unknown = set(body) - set(self.schema.fields)
         if unknown:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
@@ -352,6 +353,10 @@ class EventStream:
 
     def __iter__(self) -> Iterator[str]:
         return self._events
+
+    def usage(self) -> dict:
+        """The usage counted so far (all of it once the stream has ended)."""
+        return self._call.usage()
 
     def close(self) -> None:
         if self._closed:
