@@ -50,6 +50,15 @@ class Config:
     SSE_KEEPALIVE_SECONDS = float(os.environ.get("SSE_KEEPALIVE_SECONDS") or 15)
     # The chat page at / (static files calling the API like any client); PLAYGROUND=0 turns it off.
     PLAYGROUND = _bool("PLAYGROUND", True)
+    # The response cache: off (unset), "memory" (this worker's) or a redis:// URL (shared by replicas).
+    RESPONSE_CACHE = os.environ.get("RESPONSE_CACHE", "")
+    # Seconds an entry is served after it was stored.
+    RESPONSE_CACHE_TTL = float(os.environ.get("RESPONSE_CACHE_TTL") or 3600)
+    # Bounds of the memory cache (least recently used entries go first).
+    RESPONSE_CACHE_MAX_ENTRIES = _int("RESPONSE_CACHE_MAX_ENTRIES", 1024)
+    RESPONSE_CACHE_MAX_BYTES = _int("RESPONSE_CACHE_MAX_BYTES", 64 * 1024 * 1024)
+    # Larger answers (long generations with logprobs) are not stored, in memory or in Redis.
+    RESPONSE_CACHE_MAX_ENTRY_BYTES = _int("RESPONSE_CACHE_MAX_ENTRY_BYTES", 1024 * 1024)
     # Keep the JSON we send compact and in insertion order.
     JSON_SORT_KEYS = False
     # An EngineBridge to use instead of the process's own (tests pass a stand-in here).

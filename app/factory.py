@@ -6,7 +6,7 @@ import time
 from flask import Flask
 
 import engine_bridge
-from app import errors, guards, telemetry
+from app import errors, guards, response_cache, telemetry
 from app.concurrency import concurrency_limit
 from app.config import Config
 from app.routes import register_blueprints
@@ -34,6 +34,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
     telemetry.init_app(app)
+    response_cache.init_app(app)
     errors.init_app(app)
     guards.init_app(app)
     register_blueprints(app)

@@ -374,10 +374,17 @@ class ErrorResponseSchema(Schema):
     error = fields.Nested(ErrorSchema, required=True)
 
 
+class PromptTokensDetailsSchema(Schema):
+    cached_tokens = fields.Integer(required=True, metadata={
+        "description": "Prompt tokens the engine's prefix cache already held (their KV cache was reused, "
+                       "not computed again); a multiple of the engine's KV block size."})
+
+
 class UsageSchema(Schema):
     prompt_tokens = fields.Integer(required=True)
     completion_tokens = fields.Integer(required=True)
     total_tokens = fields.Integer(required=True)
+    prompt_tokens_details = fields.Nested(PromptTokensDetailsSchema, required=True)
 
 
 class TopLogprobSchema(Schema):

@@ -45,6 +45,8 @@ class Call:
     # Per prompt: prompt tokens and, for echo with logprobs, the prompt's own token logprobs.
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     prompt_logprobs: dict[int, list] = field(default_factory=dict)
+    # Per prompt: how many of its tokens the engine's prefix cache already held.
+    cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: int = 0
     # Echo with max_tokens 0: the engine generates one token that the response leaves out.
     discard_generated: bool = False
@@ -62,6 +64,7 @@ class Call:
 
     def observe(self, update: GenerationUpdate) -> None:
         self.prompt_tokens[update.prompt_index] = update.prompt_tokens
+        self.cached_tokens[update.prompt_index] = update.num_cached_tokens
         if update.prompt_logprobs is not None:
             self.prompt_logprobs[update.prompt_index] = update.prompt_logprobs
         if not self.discard_generated:
@@ -74,7 +77,8 @@ class Call:
     def usage(self) -> dict:
         prompt_tokens = sum(self.prompt_tokens.get(i, len(p)) for i, p in enumerate(self.prompts))
         return {"prompt_tokens": prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": prompt_tokens + self.completion_tokens}
+                "total_tokens": prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": sum(self.cached_tokens.values())}}
 
 
 def check_model(bridge: EngineBridge, model: str) -> None:
@@ -104,18 +108,19 @@ class OpenAIServing:
         self.keepalive_seconds = config["SSE_KEEPALIVE_SECONDS"]
 
     def create(self, body: dict, request_id: str | None = None, record: RequestRecord | None = None,
-               client_gone: Callable[[], bool] | None = None) -> "dict | EventStream":
+               client_gone: Callable[[], bool] | None = None, validated: dict | None = None) -> "dict | EventStream":
         """The response body for body, or the SSE events when it asks to stream.
 
         A generation holds one concurrency slot per sequence (prompts x n) until its response is
         complete or its client gone (client_gone() says so; the engine work is then aborted);
         request_id becomes the prefix of its engine request ids; record gets the model, token
-        counts and time to first token for the request's log line and metrics.
+        counts and time to first token for the request's log line and metrics. validated is body
+        already loaded by self.schema (the response cache loads it to find its entry).
         """
         record = record or RequestRecord()
         client_gone = client_gone or (lambda: False)
         # Validation walks every message and token id: for a large body that is real CPU work.
-        req = run_off_hub(self.schema.load, body)
+        req = validated if validated is not None else run_off_hub(self.schema.load, body)
         unknown = set(body) - set(self.schema.fields)
         if unknown:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
@@ -346,6 +351,10 @@ class EventStream:
 
     def __iter__(self) -> Iterator[str]:
         return self._events
+
+    def usage(self) -> dict:
+        """The usage counted so far (all of it once the stream has ended)."""
+        return self._call.usage()
 
     def close(self) -> None:
         if self._closed:

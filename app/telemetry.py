@@ -39,6 +39,8 @@ class RequestRecord:
     error_code: str | None = None
     # The client went away before the whole response was sent.
     aborted: bool = False
+    # The response cache's verdict (hit, miss, bypass) when it is on.
+    cache: str | None = None
 
     def first_token(self) -> None:
         if self.first_token_at is None:
@@ -60,6 +62,7 @@ class RequestRecord:
             "client": self.client,
             "error_code": self.error_code,
             "aborted": self.aborted or None,
+            "cache": self.cache,
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -92,6 +95,13 @@ class HttpMetrics:
         self.client_aborts = Counter("http_client_aborts",
                                      "Responses the client closed before their end (the generation was aborted).",
                                      ["endpoint"], registry=self.registry)
+        self.cache_lookups = Counter("http_response_cache_lookups",
+                                     "Generation requests the response cache saw: result=hit (answered from "
+                                     "it), miss (generated, then stored), bypass (not reproducible).",
+                                     ["endpoint", "result"], registry=self.registry)
+        self.cache_errors = Counter("http_response_cache_errors",
+                                    "Response cache store operations that failed (answered as misses).",
+                                    ["operation"], registry=self.registry)
         # Both labels exist from the start, so a dashboard sees 0 rather than no series.
         for limit in ("rate", "concurrency"):
             self.rate_limited.labels(limit)

@@ -80,4 +80,8 @@ def update_from_output(output, prompt_index: int) -> GenerationUpdate:
     prompt_ids = output.prompt_token_ids or ()
     # In delta mode vLLM sends the prompt's logprobs with the first output only.
     prompt_logprobs = _logprobs(prompt_ids, output.prompt_logprobs) if output.prompt_logprobs else None
-    return GenerationUpdate(prompt_index, choices, len(prompt_ids), output.finished, prompt_logprobs)
+    # Set once the prompt is prefilled and repeated on every later output (None from engines that
+    # do not report it).
+    cached = getattr(output, "num_cached_tokens", None) or 0
+    return GenerationUpdate(prompt_index, choices, len(prompt_ids), output.finished, prompt_logprobs,
+                            num_cached_tokens=cached)

@@ -63,3 +63,6 @@ class GenerationUpdate:
     finished: bool
     # Only on a prompt's first update, when asked for: one entry per prompt token (None for the first).
     prompt_logprobs: list[TokenLogprob | None] | None = field(default=None)
+    # Prompt tokens whose KV cache the engine found in its prefix cache (vLLM's num_cached_tokens);
+    # 0 when nothing was reused or prefix caching is off.
+    num_cached_tokens: int = 0

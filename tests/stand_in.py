@@ -154,3 +154,22 @@ def slow_load(settings):
 def fail_to_load(settings):
     """An engine that never loads (ENGINE_FACTORY=tests.stand_in:fail_to_load)."""
     raise RuntimeError("injected load failure")
+
+
+def stand_in_with_model_tokenizer(settings):
+    """The stand-in engine behind the served model's tokenizer: a server that never answers as the model.
+
+    ENGINE_FACTORY=tests.stand_in:stand_in_with_model_tokenizer, for a second replica that can only
+    give the real model's answer by reading it from a shared cache.
+    """
+    # vLLM's SamplingParams imported here, in gunicorn's post_fork, as the real engine's build does:
+    # the bridge converts every request's options to it, and importing it (torch and all) on the
+    # gevent hub at the first request stalled the worker past its heartbeat timeout.
+    from engine_bridge.conversion import sampling_params
+    from engine_bridge.types import SamplingOptions
+
+    sampling_params(SamplingOptions())
+
+    engine = StandInEngine(max_model_len=8192)
+    engine.model_config.tokenizer = settings.model
+    return engine

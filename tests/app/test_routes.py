@@ -159,7 +159,8 @@ def test_stream_include_usage_adds_a_last_chunk_with_the_totals(client):
     assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
     last = chunks[-1]
     assert last["choices"] == []
-    assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 def test_stream_without_include_usage_has_no_usage_field(client):
