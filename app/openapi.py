@@ -175,12 +175,14 @@ def _apply_server_limits(document: dict, app) -> None:
     schemas = document["components"]["schemas"]
     bridge = app.extensions["engine_bridge"]
     max_output = app.config["MAX_OUTPUT_TOKENS"]
-    for name in ("ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest"):
+    models = [bridge.model_name, *bridge.adapter_names]
+    for name in ("ChatCompletionRequest", "CompletionRequest", "ResponseRequest", "TokenizeRequest",
+                 "DetokenizeRequest"):
         properties = schemas.get(name, {}).get("properties", {})
         if "model" in properties:
             nullable = properties["model"].get("nullable", False)
-            properties["model"]["enum"] = [bridge.model_name, None] if nullable else [bridge.model_name]
-        for limited in ("max_tokens", "max_completion_tokens"):
+            properties["model"]["enum"] = [*models, None] if nullable else models
+        for limited in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             if limited in properties:
                 properties[limited]["maximum"] = max_output
     vocab_size = _vocab_size(bridge)

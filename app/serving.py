@@ -79,9 +79,10 @@ class Call:
 
 
 def check_model(bridge: EngineBridge, model: str) -> None:
-    """404 unless model is the one this server serves."""
-    if model != bridge.model_name:
-        raise APIError(f"The model {excerpt(model)} does not exist. This server serves {bridge.model_name!r}.",
+    """404 unless model is the one this server serves or one of its LoRA adapters."""
+    if not bridge.serves(model):
+        served = ", ".join(repr(name) for name in [bridge.model_name, *bridge.adapter_names])
+        raise APIError(f"The model {excerpt(model)} does not exist. This server serves {served}.",
                        status=404, param="model", code="model_not_found")
 
 
@@ -140,7 +141,8 @@ class OpenAIServing:
                       "model": req["model"]}
             call = Call(req, header, prompts, prompt_texts, options.n, record=record,
                         discard_generated=req["max_tokens"] == 0, client_gone=client_gone)
-            stream = self.bridge.generate(prompts, options, request_id=request_id or response_id)
+            stream = self.bridge.generate(prompts, options, request_id=request_id or response_id,
+                                          model=req["model"])
         except BaseException:
             release()
             raise
