@@ -9,7 +9,9 @@ import engine_bridge
 from app import errors, guards, telemetry
 from app.config import Config
 from app.routes import register_blueprints
+from app.response_store import response_store
 from app.serving import ChatServing, CompletionServing, TokenizationServing
+from app.serving_responses import ResponsesServing
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -29,6 +31,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
     app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
     app.extensions["serving_tokenization"] = TokenizationServing(bridge)
+    app.extensions["serving_responses"] = ResponsesServing(bridge, app.config, concurrency, response_store(app.config))
 
     # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
     telemetry.init_app(app)

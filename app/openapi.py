@@ -151,7 +151,11 @@ def build_spec(app) -> dict:
         view = app.view_functions[rule.endpoint]
         path = _openapi_path(rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(method.lower(), rule.endpoint, view)
+            operation = _operation(method.lower(), rule.endpoint, view)
+            if rule.arguments:
+                operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                           for name in sorted(rule.arguments)]
+            paths.setdefault(path, {})[method.lower()] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()

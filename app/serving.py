@@ -133,6 +133,7 @@ class OpenAIServing:
         release = functools.partial(self.concurrency.release, sequences)
         try:
             prompts, prompt_texts = self.prompts(req)
+            options = self.fit_options(req, options, prompts)
             for prompt in prompts:
                 self._check_prompt_length(len(prompt))
             self._check_tokens(sequences * options.max_tokens, sum(len(p) for p in prompts), req)
@@ -162,6 +163,10 @@ class OpenAIServing:
     def prompt_count(self, req: dict) -> int:
         """How many prompts the request holds (known before tokenizing)."""
         return 1
+
+    def fit_options(self, req: dict, options: SamplingOptions, prompts: list[list[int]]) -> SamplingOptions:
+        """options, adjusted once the prompts' lengths are known (the Responses API's default length)."""
+        return options
 
     def extra_options(self, req: dict) -> dict:
         """Endpoint-specific SamplingOptions fields (logprobs)."""
