@@ -1,17 +1,14 @@
 """Production guards against the real gunicorn + gevent server: keys, limits, disconnects, bounds."""
 
 import re
-import shutil
-import socket
 import statistics
-import subprocess
 import time
 
 import pytest
 import requests
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
-from tests.conftest import ServerProcess, _die_with_parent, free_port
+from tests.conftest import ServerProcess
 from tests.prometheus import scrape, value
 
 KEYS = {name: f"sk-test-{name}-{i}x" for i, name in enumerate(
@@ -25,29 +22,6 @@ def chat_body(**overrides):
 
 def auth(name):
     return {"Authorization": f"Bearer {KEYS[name]}"}
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def guarded_env(redis_url):
