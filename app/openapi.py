@@ -109,7 +109,8 @@ def _operation(method: str, endpoint: str, view) -> dict:
         # fails every event.
         ok["content"][EVENT_STREAM] = {"schema": {
             "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}},
-            "description": f"Server-Sent Events: `data: <{_schema_name(op.stream)}>` per chunk, "
+            "description": getattr(op.stream, "sse_description", None) or
+                           f"Server-Sent Events: `data: <{_schema_name(op.stream)}>` per chunk, "
                            "then `data: [DONE]`; `: keep-alive` comments while waiting.",
         }}
     if not ok["content"]:

@@ -239,6 +239,10 @@ class ResponseSchema(Schema):
 class ResponseStreamEventSchema(Schema):
     """One event of a response stream: `event: <type>` then `data: {"type": <type>, ...}`."""
 
+    sse_description = ("Server-Sent Events: `event: <type>` and `data: <ResponseStreamEvent>` per event, "
+                       "numbered by sequence_number, ending with response.completed, response.incomplete "
+                       "or error (no [DONE]); `: keep-alive` comments while waiting.")
+
     type = fields.String(required=True, validate=validate.OneOf([
         "response.created", "response.in_progress", "response.output_item.added",
         "response.content_part.added", "response.output_text.delta", "response.output_text.done",
