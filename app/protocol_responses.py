@@ -7,7 +7,6 @@ response_format...), so a response is generated exactly as a chat completion is.
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.protocol import (
-    JsonSchemaSpecSchema,
     NotSupported,
     SamplingSchema,
     StrictBoolean,

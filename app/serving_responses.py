@@ -7,7 +7,6 @@ continue the conversation with previous_response_id.
 """
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +16,6 @@ from app import protocol_responses, sse
 from app.errors import APIError, excerpt, to_api_error
 from app.serving import CLIENT_CHECK_SECONDS, Call, Choice, OpenAIServing
 from engine_bridge import GenerationStream, SamplingOptions
-
-log = logging.getLogger(__name__)
 
 # The chat template knows system, user and assistant; the Responses API's developer role is
 # the system prompt by another name.
