@@ -1,6 +1,7 @@
 """POST /v1/responses through the official openai SDK against the real server and engine."""
 
 import json
+import time
 
 import jsonschema
 import openai
@@ -9,6 +10,7 @@ import requests
 from openai import OpenAI
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
+from tests.prometheus import scrape, value
 
 QUESTION = "What is the capital of France?"
 STREAM_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
@@ -170,3 +172,23 @@ def test_tools_are_refused_through_the_sdk_until_supported(client):
         client.responses.create(model=DEFAULT_MODEL_NAME, input="What is the weather?", tools=[
             {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {}}}])
     assert "not supported" in raised.value.message
+
+
+def test_a_stream_whose_client_leaves_is_aborted(server):
+    """A long response stream that its client closes stops generating at once, as chat streams do."""
+    endpoint = "/v1/responses"
+    aborts_before = value(scrape(server.base_url), "http_client_aborts_total", default=0, endpoint=endpoint)
+    with requests.post(server.base_url + endpoint, stream=True, timeout=300,
+                       headers={"X-Request-Id": "responses-leaves"}, json={
+                           "model": DEFAULT_MODEL_NAME, "input": "Tell me a long story.", "stream": True,
+                           "max_output_tokens": 3000}) as answer:
+        lines = answer.iter_lines()
+        while b"response.output_text.delta" not in next(lines):
+            pass
+    line = server.request_log_line("responses-leaves", timeout=30)
+    assert line["aborted"] is True and line["completion_tokens"] < 3000
+    assert value(scrape(server.base_url), "http_client_aborts_total", endpoint=endpoint) == aborts_before + 1
+    deadline = time.monotonic() + 30
+    while value(scrape(server.base_url), "vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "the engine still runs the abandoned response"
+        time.sleep(0.1)

@@ -87,3 +87,19 @@ def test_input_items_this_server_cannot_take_are_named(client, item, param):
     response = create(client, input=[item])
     assert response.status_code == 400
     assert response.get_json()["error"]["param"] == param
+
+
+def test_a_response_stream_holds_a_concurrency_slot_until_it_ends(make_client):
+    client = make_client(make_stand_in_bridge(StandInEngine(step_delay=0.05)), MAX_CONCURRENT=1)
+    streaming = create(client, input="hello", stream=True, max_output_tokens=5)
+    refused = create(client, input="hello")
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "concurrency_limit_exceeded"
+    streaming.get_data()
+    streaming.close()
+    assert create(client, input="hello").status_code == 200
+
+
+def test_responses_count_against_the_rate_limit(make_client):
+    client = make_client(RATE_LIMIT="2/minute")
+    assert [create(client, input="hi").status_code for _ in range(3)] == [200, 200, 429]
