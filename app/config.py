@@ -59,6 +59,11 @@ class Config:
     RESPONSE_CACHE_MAX_BYTES = _int("RESPONSE_CACHE_MAX_BYTES", 64 * 1024 * 1024)
     # Larger answers (long generations with logprobs) are not stored, in memory or in Redis.
     RESPONSE_CACHE_MAX_ENTRY_BYTES = _int("RESPONSE_CACHE_MAX_ENTRY_BYTES", 1024 * 1024)
+    # Where /v1/responses keeps responses for previous_response_id: memory:// (this worker) or
+    # redis://host:port/db (shared by replicas); for how long; and, in memory, how many bytes at most.
+    RESPONSE_STORE_URI = os.environ.get("RESPONSE_STORE_URI") or "memory://"
+    RESPONSE_STORE_TTL_SECONDS = float(os.environ.get("RESPONSE_STORE_TTL_SECONDS") or 3600)
+    RESPONSE_STORE_MAX_BYTES = _int("RESPONSE_STORE_MAX_BYTES", 256 * 1024 * 1024)
     # Keep the JSON we send compact and in insertion order.
     JSON_SORT_KEYS = False
     # An EngineBridge to use instead of the process's own (tests pass a stand-in here).

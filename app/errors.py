@@ -69,8 +69,7 @@ def to_api_error(exc: BaseException) -> APIError:
             return APIError(text)
         return APIError(f"Invalid value for '{param}': {text}", param=param)
     if isinstance(exc, ContextLengthExceeded):
-        return APIError(str(exc), param="messages" if _is_chat() else "prompt",
-                        code="context_length_exceeded")
+        return APIError(str(exc), param=_prompt_param(), code="context_length_exceeded")
     if isinstance(exc, RequestRejected):
         return APIError(str(exc), param=exc.param)
     if isinstance(exc, EngineNotReady):
@@ -88,8 +87,13 @@ def to_api_error(exc: BaseException) -> APIError:
                     status=500, type="server_error")
 
 
-def _is_chat() -> bool:
-    return has_request_context() and request.path.endswith("/chat/completions")
+def _prompt_param() -> str:
+    """The field that holds the prompt on this request's endpoint."""
+    if has_request_context() and request.path.endswith("/chat/completions"):
+        return "messages"
+    if has_request_context() and request.path.endswith("/responses"):
+        return "input"
+    return "prompt"
 
 
 def _from_http_exception(exc: HTTPException) -> APIError:

@@ -10,7 +10,9 @@ from app import errors, guards, response_cache, telemetry
 from app.concurrency import concurrency_limit
 from app.config import Config
 from app.routes import register_blueprints
+from app.response_store import response_store
 from app.serving import ChatServing, CompletionServing, TokenizationServing
+from app.serving_responses import ResponsesServing
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -31,6 +33,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["serving_chat"] = ChatServing(bridge, app.config, concurrency)
     app.extensions["serving_completion"] = CompletionServing(bridge, app.config, concurrency)
     app.extensions["serving_tokenization"] = TokenizationServing(bridge)
+    app.extensions["serving_responses"] = ResponsesServing(bridge, app.config, concurrency, response_store(app.config))
 
     # The observer goes on first: guards' ProxyFix then wraps it, so it sees the client's address.
     telemetry.init_app(app)

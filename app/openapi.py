@@ -116,7 +116,8 @@ def _operation(method: str, endpoint: str, view) -> dict:
         # fails every event.
         ok["content"][EVENT_STREAM] = {"schema": {
             "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}},
-            "description": f"Server-Sent Events: `data: <{_schema_name(op.stream)}>` per chunk, "
+            "description": getattr(op.stream, "sse_description", None) or
+                           f"Server-Sent Events: `data: <{_schema_name(op.stream)}>` per chunk, "
                            "then `data: [DONE]`; `: keep-alive` comments while waiting.",
         }}
     if not ok["content"]:
@@ -158,7 +159,11 @@ def build_spec(app) -> dict:
             continue
         path = _openapi_path(rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(method.lower(), rule.endpoint, view)
+            operation = _operation(method.lower(), rule.endpoint, view)
+            if rule.arguments:
+                operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                           for name in sorted(rule.arguments)]
+            paths.setdefault(path, {})[method.lower()] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
@@ -182,12 +187,14 @@ def _apply_server_limits(document: dict, app) -> None:
     schemas = document["components"]["schemas"]
     bridge = app.extensions["engine_bridge"]
     max_output = app.config["MAX_OUTPUT_TOKENS"]
-    for name in ("ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest"):
+    models = [bridge.model_name, *bridge.adapter_names]
+    for name in ("ChatCompletionRequest", "CompletionRequest", "ResponseRequest", "TokenizeRequest",
+                 "DetokenizeRequest"):
         properties = schemas.get(name, {}).get("properties", {})
         if "model" in properties:
             nullable = properties["model"].get("nullable", False)
-            properties["model"]["enum"] = [bridge.model_name, None] if nullable else [bridge.model_name]
-        for limited in ("max_tokens", "max_completion_tokens"):
+            properties["model"]["enum"] = [*models, None] if nullable else models
+        for limited in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             if limited in properties:
                 properties[limited]["maximum"] = max_output
     vocab_size = _vocab_size(bridge)

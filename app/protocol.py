@@ -475,6 +475,9 @@ class ModelSchema(Schema):
     object = fields.String(required=True, validate=validate.OneOf(["model"]))
     created = fields.Integer(required=True)
     owned_by = fields.String(required=True)
+    root = fields.String(required=True, metadata={"description": "The base model."})
+    parent = fields.String(required=True, allow_none=True, metadata={
+        "description": "For a LoRA adapter, the base model it applies to; null for the base model."})
 
 
 class ModelListSchema(Schema):

@@ -82,9 +82,10 @@ class Call:
 
 
 def check_model(bridge: EngineBridge, model: str) -> None:
-    """404 unless model is the one this server serves."""
-    if model != bridge.model_name:
-        raise APIError(f"The model {excerpt(model)} does not exist. This server serves {bridge.model_name!r}.",
+    """404 unless model is the one this server serves or one of its LoRA adapters."""
+    if not bridge.serves(model):
+        served = ", ".join(repr(name) for name in [bridge.model_name, *bridge.adapter_names])
+        raise APIError(f"The model {excerpt(model)} does not exist. This server serves {served}.",
                        status=404, param="model", code="model_not_found")
 
 
@@ -135,6 +136,7 @@ class OpenAIServing:
         release = self.concurrency.acquire(sequences)
         try:
             prompts, prompt_texts = self.prompts(req)
+            options = self.fit_options(req, options, prompts)
             for prompt in prompts:
                 self._check_prompt_length(len(prompt))
             self._check_tokens(sequences * options.max_tokens, sum(len(p) for p in prompts), req)
@@ -143,7 +145,8 @@ class OpenAIServing:
                       "model": req["model"]}
             call = Call(req, header, prompts, prompt_texts, options.n, record=record,
                         discard_generated=req["max_tokens"] == 0, client_gone=client_gone)
-            stream = self.bridge.generate(prompts, options, request_id=request_id or response_id)
+            stream = self.bridge.generate(prompts, options, request_id=request_id or response_id,
+                                          model=req["model"])
         except BaseException:
             release()
             raise
@@ -163,6 +166,10 @@ class OpenAIServing:
     def prompt_count(self, req: dict) -> int:
         """How many prompts the request holds (known before tokenizing)."""
         return 1
+
+    def fit_options(self, req: dict, options: SamplingOptions, prompts: list[list[int]]) -> SamplingOptions:
+        """options, adjusted once the prompts' lengths are known (the Responses API's default length)."""
+        return options
 
     def extra_options(self, req: dict) -> dict:
         """Endpoint-specific SamplingOptions fields (logprobs)."""

@@ -22,9 +22,10 @@ from _queue import Empty, SimpleQueue
 import gevent
 import gevent.queue
 
-from engine_bridge.conversion import client_errors, rejection, sampling_params, update_from_output
+from engine_bridge.conversion import client_errors, lora_request, rejection, sampling_params, update_from_output
 from engine_bridge.engine import build_engine
-from engine_bridge.errors import ContextLengthExceeded, EngineFailed, EngineNotReady, GenerationInterrupted
+from engine_bridge.errors import (ContextLengthExceeded, EngineFailed, EngineNotReady, GenerationInterrupted,
+                                   RequestRejected)
 from engine_bridge.offload import run_off_hub
 from engine_bridge.settings import EngineSettings
 from engine_bridge.types import GenerationUpdate, SamplingOptions
@@ -186,6 +187,15 @@ class EngineBridge:
     def model_name(self) -> str:
         return self.settings.served_model_name
 
+    @property
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters served as models of their own (LORA_MODULES), in order."""
+        return [name for name, _ in self.settings.lora_modules]
+
+    def serves(self, model: str) -> bool:
+        """Whether model is the base model or one of its adapters."""
+        return model == self.model_name or model in self.adapter_names
+
     def load(self, keepalive: Callable[[], None] | None = None, keepalive_interval: float = 1.0) -> None:
         """Build the engine and start its thread; calls keepalive() while waiting, if given.
 
@@ -311,9 +321,13 @@ class EngineBridge:
         return run_off_hub(lambda: [self._thread_tokenizer().decode([t]) for t in token_ids])
 
     def generate(self, prompts: Sequence[Sequence[int]], options: SamplingOptions,
-                 request_id: str | None = None) -> GenerationStream:
-        """Submit one engine request per prompt (token ids) and return the stream of their updates."""
+                 request_id: str | None = None, model: str | None = None) -> GenerationStream:
+        """Submit one engine request per prompt (token ids) and return the stream of their updates.
+
+        model selects a LoRA adapter by name; None or the base model's name generates without one.
+        """
         self._require_ready()
+        adapter = self._lora_request(model)
         lengths = [len(p) for p in prompts]
         for length in lengths:
             if length + options.max_tokens > self.max_model_len:
@@ -323,11 +337,19 @@ class EngineBridge:
         request_ids = [base] if len(prompts) == 1 else [f"{base}-{i}" for i in range(len(prompts))]
         stream = GenerationStream(self, request_ids, lengths)
         for index, prompt in enumerate(prompts):
-            self._inbox.put(("add", stream, index, {"prompt_token_ids": list(prompt)}, params))
+            self._inbox.put(("add", stream, index, {"prompt_token_ids": list(prompt)}, params, adapter))
         if self._state is EngineState.FAILED:
             # The thread may have died after the check above and never read the inbox.
             stream._deliver(EngineFailed("the engine stopped"))
         return stream
+
+    def _lora_request(self, model: str | None):
+        if model is None or model == self.model_name:
+            return None
+        for index, (name, path) in enumerate(self.settings.lora_modules):
+            if name == model:
+                return lora_request(name, index, path)
+        raise RequestRejected(f"unknown model {model!r}", param="model")
 
     def abort(self, request_ids: list[str]) -> None:
         """Ask the engine thread to abort requests (a no-op for those already finished)."""
@@ -419,12 +441,15 @@ class EngineBridge:
             except Empty:
                 return True
 
-    def _add(self, stream: GenerationStream, index: int, prompt: dict, params) -> None:
+    def _add(self, stream: GenerationStream, index: int, prompt: dict, params, adapter=None) -> None:
         if stream.finished:  # closed, or another prompt of it failed, before the engine saw it
             return
         request_id = stream.request_ids[index]
         try:
-            self._engine.add_request(request_id, prompt, params)
+            if adapter is None:
+                self._engine.add_request(request_id, prompt, params)
+            else:
+                self._engine.add_request(request_id, prompt, params, lora_request=adapter)
         except client_errors() as exc:
             self._send([(stream, rejection(exc))])
             return

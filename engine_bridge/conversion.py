@@ -54,6 +54,13 @@ def sampling_params(options: SamplingOptions):
         raise rejection(exc) from exc
 
 
+def lora_request(name: str, index: int, path: str):
+    """vLLM's LoRARequest for the index-th adapter of LORA_MODULES (vLLM's ids start at 1)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=name, lora_int_id=index + 1, lora_path=path)
+
+
 def _token_logprob(token_id: int, position: dict) -> TokenLogprob:
     chosen = position[token_id]
     ranked = sorted(position.values(), key=lambda lp: lp.rank if lp.rank is not None else 0)

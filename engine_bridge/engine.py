@@ -1,6 +1,7 @@
 """Build a vLLM LLMEngine from EngineSettings; the only module that knows vLLM's constructor."""
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -90,6 +91,41 @@ def _find_unsafe_globals(hidden: list) -> None:
                 namespace[name] = None
 
 
+# The ranks vLLM's LoRA kernels are built for (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _adapter_rank(path: str) -> int:
+    """The largest LoRA rank in a PEFT adapter folder's adapter_config.json."""
+    with open(os.path.join(path, "adapter_config.json")) as f:
+        config = json.load(f)
+    return max([int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def lora_engine_args(settings: EngineSettings) -> dict:
+    """EngineArgs fields that turn LoRA on for settings.lora_modules (none when there are none)."""
+    if not settings.lora_modules:
+        return {}
+    rank = settings.max_lora_rank
+    if rank is None:
+        # Large enough for every adapter, rounded up to a rank vLLM supports.
+        needed = max(_adapter_rank(path) for _, path in settings.lora_modules)
+        rank = next((r for r in LORA_RANKS if r >= needed), needed)
+    max_loras = settings.max_loras or len(settings.lora_modules)
+    # Every adapter stays in memory, even those that do not fit in one batch (max_loras).
+    return {"enable_lora": True, "max_lora_rank": rank, "max_loras": max_loras,
+            "max_cpu_loras": max(max_loras, len(settings.lora_modules))}
+
+
+def load_adapters(engine, settings: EngineSettings) -> None:
+    """Load every adapter now, so a bad folder stops start-up instead of failing its first request."""
+    from engine_bridge.conversion import lora_request
+
+    for index, (name, path) in enumerate(settings.lora_modules):
+        engine.add_lora(lora_request(name, index, path))
+        log.info("LoRA adapter %s loaded from %s", name, path)
+
+
 def build_engine(settings: EngineSettings):
     """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
     # The engine core runs in this process: with the multiprocess core, a gevent-patched
@@ -123,11 +159,13 @@ def build_engine(settings: EngineSettings):
         # vLLM's stat loggers: its Prometheus metrics (served on /metrics) and a throughput line
         # in the log every VLLM_LOG_STATS_INTERVAL seconds while requests run.
         disable_log_stats=False,
+        **lora_engine_args(settings),
     )
     started = time.monotonic()
     with _globals_safe_for_vllm_scan():
         # Unset MAX_NUM_SEQS / MAX_NUM_BATCHED_TOKENS take the defaults vLLM gives its own OpenAI
         # server, tuned per device (1024 / 8192 on an 80 GB H100), not the library's 128 / 2048.
         engine = LLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+    load_adapters(engine, settings)
     log.info("engine loaded in %.1f s", time.monotonic() - started)
     return engine

@@ -18,6 +18,21 @@ def _env_int(name: str, default: int | None) -> int | None:
     return int(value) if value not in (None, "") else default
 
 
+def _env_lora_modules(name: str) -> tuple[tuple[str, str], ...]:
+    """LORA_MODULES="name=path,name2=path2" as ((name, path), ...); names must be unique."""
+    modules = []
+    for entry in (os.environ.get(name) or "").split(","):
+        if not entry.strip():
+            continue
+        adapter, sep, path = (part.strip() for part in entry.partition("="))
+        if not sep or not adapter or not path:
+            raise ValueError(f"{name}: expected name=path, got {entry.strip()!r}")
+        if adapter in dict(modules):
+            raise ValueError(f"{name}: the adapter name {adapter!r} is given twice")
+        modules.append((adapter, path))
+    return tuple(modules)
+
+
 def _env_float(name: str, default: float | None) -> float | None:
     value = os.environ.get(name)
     return float(value) if value not in (None, "") else default
@@ -70,6 +85,15 @@ class EngineSettings:
     # "module:function" building the engine from these settings instead of build_engine
     # (a wrapped or instrumented LLMEngine); unset for vLLM's own.
     engine_factory: str | None = None
+    # LoRA adapters served as models of their own: (name, folder) pairs; empty turns LoRA off.
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    # None: the largest rank among the adapters / one slot per adapter in a batch.
+    max_lora_rank: int | None = None
+    max_loras: int | None = None
+
+    def __post_init__(self):
+        if self.served_model_name in dict(self.lora_modules):
+            raise ValueError(f"LORA_MODULES: the adapter name {self.served_model_name!r} is the base model's")
 
     @classmethod
     def from_env(cls) -> "EngineSettings":
@@ -92,6 +116,9 @@ class EngineSettings:
             enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
             seed=_env_int("ENGINE_SEED", 0),
             engine_factory=os.environ.get("ENGINE_FACTORY") or None,
+            lora_modules=_env_lora_modules("LORA_MODULES"),
+            max_lora_rank=_env_int("MAX_LORA_RANK", None),
+            max_loras=_env_int("MAX_LORAS", None),
         )
 
 

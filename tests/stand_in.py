@@ -44,16 +44,19 @@ class StandInEngine:
         self.model_config = SimpleNamespace(max_model_len=max_model_len, tokenizer="stand-in")
         self.requests = {}
         self.added = []
+        # request id -> the LoRARequest it came with (None for the base model)
+        self.lora_requests = {}
         self.aborted = []
         self.steps = 0
         self.step_threads = set()
         self.lock = threading.Lock()
 
-    def add_request(self, request_id, prompt, params):
+    def add_request(self, request_id, prompt, params, lora_request=None):
         if len(prompt["prompt_token_ids"]) == self.reject_prompt_len:
             raise ValueError("the stand-in engine rejects this prompt")
         with self.lock:
             self.added.append(request_id)
+            self.lora_requests[request_id] = lora_request
             self.requests[request_id] = {
                 "prompt": prompt["prompt_token_ids"],
                 "params": params,
@@ -123,9 +126,9 @@ class FailOnMarkerEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def add_request(self, request_id, prompt, params):
+    def add_request(self, request_id, prompt, params, **kwargs):
         self._armed |= params.max_tokens == FAIL_MARKER_MAX_TOKENS
-        return self._engine.add_request(request_id, prompt, params)
+        return self._engine.add_request(request_id, prompt, params, **kwargs)
 
     def step(self):
         if self._armed:

@@ -23,8 +23,10 @@ def test_the_document_is_valid_and_describes_the_loaded_model(server):
     assert schemas["ChatCompletionRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL_NAME]
     token_ids = schemas["CompletionRequest"]["properties"]["prompt"]["oneOf"][2]["items"]
     assert token_ids["maximum"] == 49151  # SmolLM2's vocabulary: 49,152 tokens
-    assert {"/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize",
-            "/metrics", "/openapi.json"} <= set(document["paths"])
+    assert {"/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses",
+            "/v1/responses/{response_id}", "/tokenize", "/detokenize", "/metrics",
+            "/openapi.json"} <= set(document["paths"])
+    assert schemas["ResponseRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL_NAME]
 
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(short_server, tmp_path):
@@ -37,5 +39,5 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(short_s
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     # The generated requests reached the engine, not only the validation in front of it.
     answered = {(r["path"], r["status"]) for r in short_server.log_records() if r.get("event") == "request"}
-    for path in ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize"):
         assert (path, 200) in answered and (path, 400) in answered, path

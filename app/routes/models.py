@@ -1,4 +1,4 @@
-"""GET /v1/models: the model this server serves."""
+"""GET /v1/models: the model this server serves, and its LoRA adapters."""
 
 from flask import Blueprint, current_app, jsonify
 
@@ -9,11 +9,15 @@ bp = Blueprint("models", __name__)
 
 
 @bp.get("/v1/models")
-@documented("The model this server serves.", response=protocol.ModelListSchema, tags=("OpenAI",))
+@documented("The model this server serves, then each LoRA adapter (with the base model as parent).",
+            response=protocol.ModelListSchema, tags=("OpenAI",))
 def list_models():
     bridge = current_app.extensions["engine_bridge"]
     created = int(bridge.loaded_at or current_app.extensions["started_at"])
-    return jsonify({
-        "object": "list",
-        "data": [{"id": bridge.model_name, "object": "model", "created": created, "owned_by": "vllm"}],
-    })
+    base = bridge.model_name
+    # root and parent as vLLM's server has them, but naming the served model, not a folder.
+    models = [{"id": base, "object": "model", "created": created, "owned_by": "vllm", "root": base,
+               "parent": None}]
+    models += [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": base,
+                "parent": base} for name in bridge.adapter_names]
+    return jsonify({"object": "list", "data": models})

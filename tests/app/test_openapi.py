@@ -30,10 +30,13 @@ def test_the_document_is_valid_openapi_3(document):
 
 
 def test_every_route_is_documented_with_the_error_envelope(client, document):
-    routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    routes = {rule.rule.replace("<", "{").replace(">", "}")
+              for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
     # The chat page and its files are for browsers, not part of the API.
-    routes -= {"/", "/playground/<path:filename>"}
+    routes -= {"/", "/playground/{path:filename}"}
     assert routes == set(document["paths"])
+    [parameter] = document["paths"]["/v1/responses/{response_id}"]["get"]["parameters"]
+    assert (parameter["name"], parameter["in"], parameter["required"]) == ("response_id", "path", True)
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert "200" in operation["responses"], (method, path)
@@ -108,3 +111,23 @@ def test_responses_match_their_documented_schemas(client, document):
     validator(document, "ModelList").validate(client.get("/v1/models").get_json())
     validator(document, "Health").validate(client.get("/health").get_json())
     validator(document, "TokenizeResponse").validate(client.post("/tokenize", json={"prompt": "a bb"}).get_json())
+
+
+def test_the_responses_api_matches_its_documented_schemas(client, document):
+    body = {"model": STAND_IN_MODEL, "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+            "max_output_tokens": 3, "text": {"format": {"type": "json_object"}}, "metadata": {"k": "v"}}
+    request = validator(document, "ResponseRequest")
+    assert request.is_valid(body)
+    for bad in ({**body, "input": []}, {**body, "input": [{"role": "tool", "content": "x"}]},
+                {**body, "tools": [{"type": "function"}]}, {**body, "max_output_tokens": 0}):
+        assert not request.is_valid(bad), bad
+        assert client.post("/v1/responses", json=bad).status_code == 400, bad
+    answer = client.post("/v1/responses", json=body).get_json()
+    validator(document, "Response").validate(answer)
+    validator(document, "Response").validate(client.get(f"/v1/responses/{answer['id']}").get_json())
+    stream = client.post("/v1/responses", json={**body, "stream": True}).get_data(as_text=True)
+    event = validator(document, "ResponseStreamEvent")
+    for block in stream.split("\n\n"):
+        if block:
+            event.validate(json.loads(block.split("\ndata: ", 1)[1]))
+    validator(document, "ResponseDeleted").validate(client.delete(f"/v1/responses/{answer['id']}").get_json())

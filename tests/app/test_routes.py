@@ -3,8 +3,9 @@
 import json
 from datetime import datetime
 
+from engine_bridge import EngineBridge, EngineSettings
 from tests.conftest import STAND_IN_MODEL, make_stand_in_bridge
-from tests.stand_in import DEFAULT_ANSWER
+from tests.stand_in import DEFAULT_ANSWER, StandInEngine, StandInTokenizer
 
 CHAT = "/v1/chat/completions"
 
@@ -48,6 +49,31 @@ def test_models_lists_the_served_model(client):
     assert model["id"] == STAND_IN_MODEL
     assert model["object"] == "model"
     assert isinstance(model["created"], int) and model["owned_by"]
+    assert (model["root"], model["parent"]) == (STAND_IN_MODEL, None)
+
+
+def test_models_lists_lora_adapters_after_the_base_model(make_client):
+    settings = EngineSettings(model="stand-in", served_model_name=STAND_IN_MODEL,
+                              lora_modules=(("sql", "/adapters/sql"), ("chat", "/adapters/chat")))
+    engine = StandInEngine()
+    bridge = EngineBridge(settings, engine_factory=lambda s: engine, tokenizer_factory=lambda model: StandInTokenizer())
+    bridge.load()
+    client = make_client(bridge)
+    models = client.get("/v1/models").get_json()["data"]
+    assert [(m["id"], m["root"], m["parent"]) for m in models] == [
+        (STAND_IN_MODEL, STAND_IN_MODEL, None), ("sql", STAND_IN_MODEL, STAND_IN_MODEL),
+        ("chat", STAND_IN_MODEL, STAND_IN_MODEL)]
+    unknown = client.post(CHAT, json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
+    assert unknown.status_code == 404
+    assert "'sql'" in unknown.get_json()["error"]["message"]
+    # Each generation endpoint hands the engine the adapter's LoRARequest (none for the base model).
+    client.post(CHAT, json={"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    client.post("/v1/completions", json={"model": STAND_IN_MODEL, "prompt": "hi", "max_tokens": 1})
+    client.post("/v1/responses", json={"model": "sql", "input": "hi", "max_output_tokens": 1})
+    chat, completion, response = engine.added
+    assert (engine.lora_requests[chat].lora_name, engine.lora_requests[chat].lora_int_id) == ("chat", 2)
+    assert engine.lora_requests[completion] is None
+    assert engine.lora_requests[response].lora_path == "/adapters/sql"
 
 
 def test_chat_completion_shape(client):
