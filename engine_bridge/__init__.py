@@ -11,6 +11,7 @@ from engine_bridge.errors import (
     RequestRejected,
 )
 from engine_bridge.settings import EngineSettings
+from engine_bridge.tool_calls import MessageDelta, ToolCall, ToolCallDelta, ToolCalling, ToolCallParser
 from engine_bridge.types import ChoiceDelta, GenerationUpdate, SamplingOptions, TokenLogprob
 
 __all__ = [
@@ -24,9 +25,14 @@ __all__ = [
     "EngineState",
     "GenerationStream",
     "GenerationUpdate",
+    "MessageDelta",
     "RequestRejected",
     "SamplingOptions",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallParser",
+    "ToolCalling",
     "init_app",
     "install",
     "installed",

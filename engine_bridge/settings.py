@@ -42,6 +42,10 @@ class EngineSettings:
     # "module:function" building the engine from these settings instead of build_engine
     # (a wrapped or instrumented LLMEngine); unset for vLLM's own.
     engine_factory: str | None = None
+    # vLLM's tool-call parser for tool_choice "auto" (its --tool-call-parser names). "hermes" reads
+    # <tool_call>{"name": ..., "arguments": ...}</tool_call>, the format the server writes tools in
+    # for templates without a tool format of their own, SmolLM2's included.
+    tool_call_parser: str = "hermes"
 
     @classmethod
     def from_env(cls) -> "EngineSettings":
@@ -61,6 +65,7 @@ class EngineSettings:
             enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
             seed=_env_int("ENGINE_SEED", 0),
             engine_factory=os.environ.get("ENGINE_FACTORY") or None,
+            tool_call_parser=os.environ.get("TOOL_CALL_PARSER") or "hermes",
         )
 
 

@@ -128,12 +128,11 @@ def test_logit_bias_loads_as_token_ids_to_floats():
     assert completion_request.load({"model": "m", "prompt": "x", "logit_bias": None}).get("logit_bias") is None
 
 
-def test_tools_off_is_accepted_and_any_tool_refused():
+def test_the_deprecated_function_fields_are_refused_unless_off():
     off = {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"}
     chat_completion_request.load({"model": "m", "messages": MESSAGES, **off})
     chat_completion_request.load({"model": "m", "messages": MESSAGES, **dict.fromkeys(off)})
-    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
-                         ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("tools", {})):
+    for field, value in (("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("tools", {})):
         with pytest.raises(ValidationError) as info:
             chat_completion_request.load({"model": "m", "messages": MESSAGES, field: value})
         assert field in info.value.messages
