@@ -449,6 +449,8 @@ class ChatServing(OpenAIServing):
         message = {"role": "assistant", "content": "".join(choice.text)}
         if call.tools is not None:
             message["content"], tool_calls = call.tools.parser().parse(message["content"])
+            if not call.req["parallel_tool_calls"]:
+                tool_calls = tool_calls[:1]  # auto: the grammar did not stop a second call (as vLLM)
             if tool_calls:
                 call.tool_called.add(index)
                 message["tool_calls"] = [{"id": c.id, "type": "function",
@@ -475,6 +477,8 @@ class ChatServing(OpenAIServing):
             if message.content:
                 deltas.append({"content": message.content})
             for piece in message.tool_calls:
+                if piece.index > 0 and not call.req["parallel_tool_calls"]:
+                    continue
                 call.tool_called.add(index)
                 if piece.id is not None:
                     # OpenAI's shape: a call opens with its id, type and name, arguments "".

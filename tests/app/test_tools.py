@@ -14,6 +14,7 @@ from tests.stand_in import StandInEngine
 
 CHAT = "/v1/chat/completions"
 CALLING = 'Checking. <tool_call> {"name": "get_weather", "arguments": {"city": "Paris"}} </tool_call>'
+TWICE = CALLING + ' <tool_call> {"name": "get_weather", "arguments": {"city": "Rome"}} </tool_call>'
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 BODY = {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "Weather in Paris?"}],
@@ -82,3 +83,22 @@ def test_each_choice_has_its_own_calls(calling_client):
         openings = [d["tool_calls"][0] for c in chunks for d in [c["choices"][0]["delta"]]
                     if c["choices"][0]["index"] == index and "tool_calls" in d and "id" in d["tool_calls"][0]]
         assert [o["function"]["name"] for o in openings] == ["get_weather"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_tool_calls_false_keeps_the_first_call_of_auto(make_client, stream):
+    client = make_client(make_stand_in_bridge(StandInEngine(answer=TWICE)))
+    cities = []
+    for parallel in (True, False):
+        response = client.post(CHAT, json={**BODY, "max_tokens": 80, "stream": stream, "parallel_tool_calls": parallel})
+        if stream:
+            pieces = [d["tool_calls"][0] for c in events(response) for d in [c["choices"][0]["delta"]]
+                      if "tool_calls" in d]
+            arguments = {}
+            for piece in pieces:
+                arguments[piece["index"]] = arguments.get(piece["index"], "") + piece["function"]["arguments"]
+            cities.append([json.loads(arguments[i])["city"] for i in sorted(arguments)])
+        else:
+            calls = response.get_json()["choices"][0]["message"]["tool_calls"]
+            cities.append([json.loads(c["function"]["arguments"])["city"] for c in calls])
+    assert cities == [["Paris", "Rome"], ["Paris"]]
