@@ -6,7 +6,9 @@ JSON Schema in `json_schema`, which the OpenAPI document uses.
 """
 
 import json
+import re
 
+import jsonschema
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -17,13 +19,18 @@ from marshmallow import (
     validates_schema,
 )
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 MAX_PROMPTS = 128
 # OpenAI's bound on logit_bias entries.
 MAX_LOGIT_BIAS = 300
 LOGIT_BIAS_RANGE = 100
+# OpenAI's bounds on tools: at most 128 per request, names of 1-64 letters, digits, _ and -.
+MAX_TOOLS = 128
+FUNCTION_NAME_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+TOOL_CHOICES = ("none", "auto", "required")
 
 
 class StrictFloat(fields.Float):
@@ -155,7 +162,70 @@ class NotSupported(fields.Field):
         return value
 
 
-_NO_TOOLS = "Tool and function calling is not supported by this server yet."
+_NO_FUNCTIONS = ("The deprecated functions and function_call are not supported; send tools and tool_choice "
+                 "instead.")
+
+
+class FunctionName(StrictString):
+    """A function's name as OpenAI allows it: 1 to 64 letters, digits, underscores or dashes."""
+
+    json_schema = {"type": "string", "pattern": FUNCTION_NAME_PATTERN}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if not _FUNCTION_NAME.fullmatch(value):
+            raise ValidationError("Must be 1 to 64 letters, digits, underscores or dashes.")
+        return value
+
+
+class FunctionParameters(fields.Field):
+    """A function's `parameters`: a JSON Schema for its arguments object."""
+
+    json_schema = {"type": "object", "description": "A JSON Schema of the arguments object (its type, if "
+                                                    "given, must be \"object\"); omitted: no arguments."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a JSON Schema object.")
+        try:
+            jsonschema.validators.validator_for(value, default=jsonschema.Draft202012Validator).check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValidationError(f"Not a valid JSON Schema: {excerpt_text(exc.message)}") from None
+        except Exception:  # e.g. a $schema the library cannot read, or a pattern Python cannot compile
+            raise ValidationError("Not a valid JSON Schema.") from None
+        if "type" in value and value["type"] != "object":
+            raise ValidationError('The arguments are a JSON object: the schema\'s type must be "object".')
+        return value
+
+
+def excerpt_text(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ToolChoice(fields.Field):
+    """`tool_choice`: "none", "auto", "required", or {"type": "function", "function": {"name": ...}}."""
+
+    json_schema = {"oneOf": [
+        {"type": "string", "enum": list(TOOL_CHOICES)},
+        {"type": "object", "required": ["type", "function"], "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+    ]}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            if value not in TOOL_CHOICES:
+                raise ValidationError('Must be "none", "auto", "required" or {"type": "function", '
+                                      '"function": {"name": ...}}.')
+            return value
+        if not isinstance(value, dict):
+            raise ValidationError('Must be a string or {"type": "function", "function": {"name": ...}}.')
+        if value.get("type") != "function":
+            raise ValidationError({"type": ['Must be "function".']})
+        function = value.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValidationError({"function": {"name": ["Must be the name of a function in tools."]}})
+        return {"type": "function", "function": {"name": function["name"]}}
 
 
 def _is_token_ids(value) -> bool:
@@ -205,11 +275,72 @@ class _OpenAISchema(Schema):
         return data
 
 
+class FunctionDefinitionSchema(_OpenAISchema):
+    name = FunctionName(required=True)
+    description = StrictString(allow_none=True)
+    parameters = FunctionParameters(allow_none=True)
+    strict = StrictBoolean(allow_none=True, metadata={
+        "description": "Accepted; with tool_choice required or a named function the arguments always "
+                       "match the schema, strict or not."})
+
+
+class ToolSchema(_OpenAISchema):
+    type = StrictString(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(FunctionDefinitionSchema, required=True)
+
+
+class CalledFunctionSchema(_OpenAISchema):
+    name = StrictString(required=True)
+    # A JSON text, as the model produced it (not checked: a history entry must not fail every later turn).
+    arguments = StrictString(required=True)
+
+
+class MessageToolCallSchema(_OpenAISchema):
+    """A tool call in an assistant message of the history."""
+
+    id = StrictString(required=True)
+    type = StrictString(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(CalledFunctionSchema, required=True)
+
+
 class ChatMessageSchema(_OpenAISchema):
-    role = StrictString(required=True, validate=validate.OneOf(
-        ROLES, error="Must be one of: system, user, assistant (tools are not supported)."))
-    content = MessageContent(required=True)
+    role = StrictString(required=True, validate=validate.OneOf(ROLES, error="Must be one of: " + ", ".join(ROLES) + "."))
+    # Required, except for an assistant message with tool_calls (null or absent there).
+    content = MessageContent(allow_none=True, metadata={
+        "description": "Required, except in an assistant message with tool_calls."})
     name = StrictString(allow_none=True)
+    tool_calls = fields.List(fields.Nested(MessageToolCallSchema), allow_none=True,
+                             metadata={"description": "Assistant messages only: the calls the model made."})
+    tool_call_id = StrictString(allow_none=True, metadata={
+        "description": "Tool messages only (required there): the id of the call this is the result of."})
+
+    @validates_schema
+    def _fields_of_the_role(self, data, **kwargs):
+        role = data.get("role")
+        if data.get("tool_calls") and role != "assistant":
+            raise ValidationError("Only assistant messages may carry tool_calls.", "tool_calls")
+        if data.get("tool_call_id") is not None and role != "tool":
+            raise ValidationError("Only tool messages may carry tool_call_id.", "tool_call_id")
+        if role == "tool" and data.get("tool_call_id") is None:
+            raise ValidationError("Required in a tool message: the id of the call this is the result of.",
+                                  "tool_call_id")
+        if data.get("content") is None and not (role == "assistant" and data.get("tool_calls")):
+            raise ValidationError("Missing data for required field.", "content")
+
+
+def check_tool_results(messages: list[dict]) -> None:
+    """Each tool message must answer a call of the assistant message before it, as OpenAI requires."""
+    open_calls: set[str] = set()
+    for i, message in enumerate(messages):
+        if message["role"] == "tool":
+            if message["tool_call_id"] not in open_calls:
+                raise ValidationError({i: {"tool_call_id": [
+                    "A tool message must answer a tool call (by its id) of the assistant message before it."]}},
+                    "messages")
+        elif message["role"] == "assistant" and message.get("tool_calls"):
+            open_calls = {call["id"] for call in message["tool_calls"]}
+        else:
+            open_calls = set()
 
 
 class StreamOptionsSchema(_OpenAISchema):
@@ -288,14 +419,33 @@ class ChatCompletionRequestSchema(SamplingSchema):
     max_completion_tokens = StrictInteger(allow_none=True, validate=validate.Range(min=1))
     logprobs = StrictBoolean(allow_none=True)
     top_logprobs = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=20))
-    # Refused rather than ignored until tools are implemented: an ordinary text answer would
-    # look like the model chose not to call one.
-    tools = NotSupported([], _NO_TOOLS)
-    tool_choice = NotSupported("none", _NO_TOOLS)
-    functions = NotSupported([], _NO_TOOLS)
-    function_call = NotSupported("none", _NO_TOOLS)
+    tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=MAX_TOOLS))
+    # Default: "auto" when there are tools, else "none" (as OpenAI).
+    tool_choice = ToolChoice(allow_none=True)
+    parallel_tool_calls = StrictBoolean(allow_none=True)
+    # The deprecated forms are refused rather than ignored: an ordinary text answer would look as
+    # if the model chose not to call a function.
+    functions = NotSupported([], _NO_FUNCTIONS)
+    function_call = NotSupported("none", _NO_FUNCTIONS)
 
-    DEFAULTS = {**SamplingSchema.DEFAULTS, "logprobs": False}
+    DEFAULTS = {**SamplingSchema.DEFAULTS, "logprobs": False, "tools": [], "parallel_tool_calls": True}
+
+    @validates_schema
+    def _tools_agree(self, data, **kwargs):
+        tools = data.get("tools") or []
+        names = set()
+        for i, tool in enumerate(tools):
+            name = tool["function"]["name"]
+            if name in names:
+                raise ValidationError({i: {"function": {"name": [f"Duplicate function name {name!r}."]}}}, "tools")
+            names.add(name)
+        choice = data.get("tool_choice")
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            raise ValidationError({"function": {"name": [
+                f"No function named {excerpt_text(choice['function']['name'], 80)!r} in tools."]}}, "tool_choice")
+        if choice == "required" and not tools:
+            raise ValidationError('"required" needs tools to call.', "tool_choice")
+        check_tool_results(data.get("messages") or [])
 
     @validates_schema
     def _top_logprobs_need_logprobs(self, data, **kwargs):
@@ -306,6 +456,8 @@ class ChatCompletionRequestSchema(SamplingSchema):
     def _prefer_max_completion_tokens(self, data, **kwargs):
         if data.get("max_completion_tokens") is not None:
             data["max_tokens"] = data["max_completion_tokens"]
+        if data.get("tool_choice") is None:
+            data["tool_choice"] = "auto" if data.get("tools") else "none"
         return data
 
 
@@ -342,6 +494,7 @@ class TokenizeRequestSchema(_OpenAISchema):
     def _prompt_or_messages(self, data, **kwargs):
         if ("prompt" in data) == ("messages" in data):
             raise ValidationError("Send either prompt or messages.", "prompt")
+        check_tool_results(data.get("messages") or [])
 
 
 class DetokenizeRequestSchema(_OpenAISchema):
@@ -401,9 +554,23 @@ class ChatLogprobsSchema(Schema):
     content = fields.List(fields.Nested(TokenLogprobSchema), required=True)
 
 
+class CalledFunctionResponseSchema(Schema):
+    name = fields.String(required=True)
+    arguments = fields.String(required=True, metadata={"description": "The arguments, a JSON object as text."})
+
+
+class ToolCallSchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["function"]))
+    function = fields.Nested(CalledFunctionResponseSchema, required=True)
+
+
 class AssistantMessageSchema(Schema):
     role = fields.String(required=True, validate=validate.OneOf(["assistant"]))
-    content = fields.String(required=True)
+    content = fields.String(required=True, allow_none=True,
+                            metadata={"description": "null when the model only called tools."})
+    tool_calls = fields.List(fields.Nested(ToolCallSchema), metadata={"description": "Present when the model "
+                                                                                    "called tools."})
 
 
 class ChatChoiceSchema(Schema):
@@ -427,9 +594,24 @@ class ChatCompletionSchema(_ResponseHeaderSchema):
     usage = fields.Nested(UsageSchema, required=True)
 
 
+class FunctionDeltaSchema(Schema):
+    name = fields.String()
+    arguments = fields.String()
+
+
+class ToolCallDeltaSchema(Schema):
+    """A piece of a tool call: the first of each call carries its id, type and name (arguments "")."""
+
+    index = fields.Integer(required=True)
+    id = fields.String()
+    type = fields.String(validate=validate.OneOf(["function"]))
+    function = fields.Nested(FunctionDeltaSchema)
+
+
 class ChatDeltaSchema(Schema):
     role = fields.String(validate=validate.OneOf(["assistant"]))
     content = fields.String()
+    tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
 
 
 class ChatChunkChoiceSchema(Schema):

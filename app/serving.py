@@ -6,7 +6,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from engine_bridge import EngineBridge, GenerationStream, GenerationUpdate, SamplingOptions, TokenLogprob
+from engine_bridge import (
+    ChoiceDelta,
+    EngineBridge,
+    GenerationStream,
+    GenerationUpdate,
+    SamplingOptions,
+    TokenLogprob,
+    ToolCalling,
+    ToolCallParser,
+)
 
 from app import protocol, sse
 from app.errors import APIError, excerpt, to_api_error
@@ -57,6 +66,11 @@ class Call:
     completed: bool = False
     # Whether the client has closed its connection (routes.helpers.client_gone_probe).
     client_gone: Callable[[], bool] = lambda: False
+    # Chat with tools: how to read tool calls in the output; per choice index, its stream's parser
+    # and whether it has called a tool.
+    tools: ToolCalling | None = None
+    tool_parsers: dict[int, ToolCallParser] = field(default_factory=dict)
+    tool_called: set[int] = field(default_factory=set)
 
     def choice_index(self, prompt_index: int, index: int) -> int:
         """OpenAI numbers choices prompt by prompt: prompt i's choices are i*n .. i*n+n-1."""
@@ -127,7 +141,12 @@ class OpenAIServing:
             log.debug("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
         record.model = req["model"]
         check_model(self.bridge, req["model"])
+        tools = self.tool_calling(req)
         options = self.sampling_options(req)
+        if tools is not None and tools.json_schema is not None:
+            # tool_choice "required" or a named function: the output follows vLLM's schema for
+            # the calls, in place of any response_format (as vLLM's server does).
+            options = replace(options, json_schema=tools.json_schema, json_object=False)
         # The request's weight, known before any tokenizing: refused if it is over the per-request
         # bounds, then it takes that many concurrency slots.
         sequences = self.prompt_count(req) * options.n
@@ -144,7 +163,7 @@ class OpenAIServing:
             header = {"id": response_id, "object": self.object_name, "created": int(time.time()),
                       "model": req["model"]}
             call = Call(req, header, prompts, prompt_texts, options.n, record=record,
-                        discard_generated=req["max_tokens"] == 0, client_gone=client_gone)
+                        discard_generated=req["max_tokens"] == 0, client_gone=client_gone, tools=tools)
             stream = self.bridge.generate(prompts, options, request_id=request_id or response_id,
                                           model=req["model"])
         except BaseException:
@@ -175,6 +194,10 @@ class OpenAIServing:
         """Endpoint-specific SamplingOptions fields (logprobs)."""
         return {}
 
+    def tool_calling(self, req: dict) -> ToolCalling | None:
+        """How the request's tools shape generation and its output (chat only)."""
+        return None
+
     def choice(self, call: Call, index: int, prompt_index: int, choice: Choice) -> dict:
         raise NotImplementedError
 
@@ -185,6 +208,15 @@ class OpenAIServing:
     def opening_chunk_choices(self, call: Call) -> list[dict]:
         """Choices sent before any token, one chunk each (chat sends the role there)."""
         return []
+
+    def stream_choices(self, call: Call, index: int, prompt_index: int, delta: ChoiceDelta) -> list[dict]:
+        """The chunk choices, one chunk each, for what one engine step added to choice index."""
+        choices = []
+        if delta.text or delta.logprobs:
+            choices.append(self.chunk_choice(call, index, prompt_index, delta.text, delta.logprobs, None))
+        if delta.finish_reason:
+            choices.append(self.chunk_choice(call, index, prompt_index, None, None, delta.finish_reason))
+        return choices
 
     # -- shared --------------------------------------------------------------------------------
 
@@ -322,12 +354,8 @@ class OpenAIServing:
                 call.observe(update)
                 for delta in update.choices:
                     index = call.choice_index(update.prompt_index, delta.index)
-                    if delta.text or delta.logprobs:
-                        yield chunk([self.chunk_choice(call, index, update.prompt_index, delta.text,
-                                                       delta.logprobs, None)])
-                    if delta.finish_reason:
-                        yield chunk([self.chunk_choice(call, index, update.prompt_index, None, None,
-                                                       delta.finish_reason)])
+                    for choice in self.stream_choices(call, index, update.prompt_index, delta):
+                        yield chunk([choice])
             if include_usage:
                 yield sse.event({**header, "choices": [], "usage": call.usage()})
         except Exception as exc:
@@ -376,10 +404,21 @@ class EventStream:
             self._release()
 
 
+_TEMPLATE_MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id")
+
+
 def template_messages(messages: list[dict]) -> list[dict]:
-    """Messages as the chat template takes them: role, content, and name where the client gave one."""
-    return [{"role": m["role"], "content": m["content"], **({"name": m["name"]} if m.get("name") else {})}
+    """Messages as the chat template takes them: role, content, and name, tool_calls and tool_call_id
+    where the client gave them."""
+    return [{"role": m["role"], "content": m.get("content"),
+             **{key: m[key] for key in _TEMPLATE_MESSAGE_FIELDS if m.get(key)}}
             for m in messages]
+
+
+def tool_definitions(tools: list[dict]) -> list[dict]:
+    """The request's tools without the fields it sent as null (chat templates print what they get)."""
+    return [{"type": "function", "function": {k: v for k, v in tool["function"].items() if v is not None}}
+            for tool in tools]
 
 
 def _bytes(token: str) -> list[int]:
@@ -394,7 +433,17 @@ class ChatServing(OpenAIServing):
     prompt_param = "messages"
 
     def prompts(self, req):
-        return [self.bridge.render_chat(template_messages(req["messages"]))], [None]
+        # With tool_choice "none" the model may not call a tool, so it is not shown any (as vLLM's
+        # --exclude-tools-when-tool-choice-none): a small model then answers instead of writing
+        # a call that nobody would read. Calls and results in the history are still shown.
+        tools = tool_definitions(req["tools"]) if req["tool_choice"] != "none" else None
+        return [self.bridge.render_chat(template_messages(req["messages"]), tools=tools or None)], [None]
+
+    def tool_calling(self, req):
+        if not req["tools"] or req["tool_choice"] == "none":
+            return None
+        return self.bridge.tool_calling(tool_definitions(req["tools"]), req["tool_choice"],
+                                        req["parallel_tool_calls"])
 
     def extra_options(self, req):
         if not req["logprobs"]:
@@ -411,9 +460,56 @@ class ChatServing(OpenAIServing):
         } for lp in logprobs]}
 
     def choice(self, call, index, prompt_index, choice):
-        return {"index": index, "message": {"role": "assistant", "content": "".join(choice.text)},
+        message = {"role": "assistant", "content": "".join(choice.text)}
+        if call.tools is not None:
+            message["content"], tool_calls = call.tools.parser().parse(message["content"])
+            if not call.req["parallel_tool_calls"]:
+                tool_calls = tool_calls[:1]  # auto: the grammar did not stop a second call (as vLLM)
+            if tool_calls:
+                call.tool_called.add(index)
+                message["tool_calls"] = [{"id": c.id, "type": "function",
+                                          "function": {"name": c.name, "arguments": c.arguments}}
+                                         for c in tool_calls]
+        return {"index": index, "message": message,
                 "logprobs": self._logprobs(call, choice.logprobs) if call.req["logprobs"] else None,
-                "finish_reason": choice.finish_reason}
+                "finish_reason": self._finish_reason(call, index, choice.finish_reason)}
+
+    @staticmethod
+    def _finish_reason(call: Call, index: int, finish_reason: str | None) -> str | None:
+        """"tool_calls" for a choice that called tools and stopped by itself (not at max_tokens)."""
+        return "tool_calls" if finish_reason == "stop" and index in call.tool_called else finish_reason
+
+    def stream_choices(self, call, index, prompt_index, delta):
+        if call.tools is None:
+            return super().stream_choices(call, index, prompt_index, delta)
+        parser = call.tool_parsers.get(index)
+        if parser is None:
+            parser = call.tool_parsers[index] = call.tools.parser()
+        message = parser.parse_delta(delta.text, delta.token_ids, finished=delta.finish_reason is not None)
+        deltas = []
+        if message is not None:
+            if message.content:
+                deltas.append({"content": message.content})
+            for piece in message.tool_calls:
+                if piece.index > 0 and not call.req["parallel_tool_calls"]:
+                    continue
+                call.tool_called.add(index)
+                if piece.id is not None:
+                    # OpenAI's shape: a call opens with its id, type and name, arguments "".
+                    deltas.append({"tool_calls": [{"index": piece.index, "id": piece.id, "type": "function",
+                                                   "function": {"name": piece.name or "", "arguments": ""}}]})
+                if piece.arguments:
+                    deltas.append({"tool_calls": [{"index": piece.index,
+                                                   "function": {"arguments": piece.arguments}}]})
+        logprobs = self._logprobs(call, delta.logprobs) if delta.logprobs else None
+        if logprobs is not None and not deltas:
+            deltas.append({})  # the tokens' logprobs are sent even while the parser holds their text
+        choices = [{"index": index, "delta": d, "logprobs": logprobs if i == 0 else None, "finish_reason": None}
+                   for i, d in enumerate(deltas)]
+        if delta.finish_reason:
+            choices.append({"index": index, "delta": {}, "logprobs": None,
+                            "finish_reason": self._finish_reason(call, index, delta.finish_reason)})
+        return choices
 
     def chunk_choice(self, call, index, prompt_index, text, logprobs, finish_reason):
         delta = {"content": text} if text is not None else {}

@@ -12,6 +12,7 @@ from engine_bridge.errors import (
     RequestRejected,
 )
 from engine_bridge.settings import EngineSettings
+from engine_bridge.tool_calls import MessageDelta, ToolCall, ToolCallDelta, ToolCalling, ToolCallParser
 from engine_bridge.types import ChoiceDelta, GenerationUpdate, SamplingOptions, TokenLogprob
 
 __all__ = [
@@ -26,9 +27,14 @@ __all__ = [
     "GenerationStream",
     "GenerationInterrupted",
     "GenerationUpdate",
+    "MessageDelta",
     "RequestRejected",
     "SamplingOptions",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallParser",
+    "ToolCalling",
     "init_app",
     "install",
     "installed",

@@ -28,6 +28,13 @@ from engine_bridge.errors import (ContextLengthExceeded, EngineFailed, EngineNot
                                    RequestRejected)
 from engine_bridge.offload import run_off_hub
 from engine_bridge.settings import EngineSettings
+from engine_bridge.tool_calls import (
+    ToolCalling,
+    hermes_messages,
+    messages_for_tool_template,
+    template_supports_tools,
+    tool_parser_class,
+)
 from engine_bridge.types import GenerationUpdate, SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -165,6 +172,8 @@ class EngineBridge:
         self._engine = None
         self._tokenizer = None
         self._tokenizer_source: str | None = None
+        self._tool_parser_class = None
+        self._template_supports_tools = False
         # One tokenizer per offload thread: HF fast tokenizers must not be shared across threads.
         self._thread_tokenizers = threading.local()
         self._inbox: SimpleQueue = SimpleQueue()
@@ -229,6 +238,9 @@ class EngineBridge:
             engine = self._engine_factory(self.settings)
             tokenizer = self._make_tokenizer(engine)
             self.max_model_len = int(engine.model_config.max_model_len)
+            # An unknown TOOL_CALL_PARSER fails the start, not the first request with tools.
+            self._tool_parser_class = tool_parser_class(self.settings.tool_call_parser)
+            self._template_supports_tools = template_supports_tools(tokenizer)
         except BaseException as exc:
             log.exception("engine failed to load")
             self.failure = exc
@@ -288,16 +300,40 @@ class EngineBridge:
     # their cost grows with the input, and on the gevent hub it would pause every stream.
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    add_special_tokens: bool = False) -> list[int]:
-        """Token ids of the model's chat template applied to messages, ready for generation."""
-        self._require_ready()
-        return run_off_hub(self._render_chat, messages, add_generation_prompt, add_special_tokens)
+                    add_special_tokens: bool = False, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of the model's chat template applied to messages, ready for generation.
 
-    def _render_chat(self, messages, add_generation_prompt, add_special_tokens) -> list[int]:
+        messages may hold assistant tool_calls and tool results, and tools the function
+        definitions the model may call (OpenAI's shapes). A template with a tool format of its
+        own gets them as Hugging Face templates take them; any other template gets them written
+        into plain messages in the Hermes format (see tool_calls.hermes_messages).
+        """
+        self._require_ready()
+        return run_off_hub(self._render_chat, messages, add_generation_prompt, add_special_tokens, tools)
+
+    def _render_chat(self, messages, add_generation_prompt, add_special_tokens, tools=None) -> list[int]:
         tokenizer = self._thread_tokenizer()
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        extra = {}
+        if self._template_supports_tools:
+            messages = messages_for_tool_template(messages)
+            if tools:
+                extra["tools"] = tools
+        elif tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            messages = hermes_messages(messages, tools)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **extra)
         # The template already holds every special token the model expects.
         return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def tool_calling(self, tools: list[dict], tool_choice, parallel_tool_calls: bool = True) -> ToolCalling:
+        """What a request's tools (OpenAI's shapes) ask of the engine, and parsers for its output.
+
+        tool_choice is "auto", "required" or {"type": "function", "function": {"name": ...}};
+        "auto" output is read by the TOOL_CALL_PARSER parser. Raises RequestRejected for tools
+        vLLM refuses.
+        """
+        self._require_ready()
+        return ToolCalling(self._tool_parser_class, self._tokenizer, tools, tool_choice, parallel_tool_calls)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a plain completion prompt, with the tokenizer's usual special tokens."""

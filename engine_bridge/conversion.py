@@ -78,7 +78,8 @@ def _logprobs(token_ids, positions) -> list[TokenLogprob | None] | None:
 def _choice_delta(c) -> ChoiceDelta:
     # One entry per generated token, the end-of-sequence token included (as OpenAI and vLLM do):
     # it is counted in usage, so tools that read logprobs by position need its entry too.
-    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, _logprobs(c.token_ids, c.logprobs))
+    return ChoiceDelta(c.index, c.text, len(c.token_ids), c.finish_reason, _logprobs(c.token_ids, c.logprobs),
+                       tuple(c.token_ids))
 
 
 def update_from_output(output, prompt_index: int) -> GenerationUpdate:

@@ -94,6 +94,10 @@ class EngineSettings:
     def __post_init__(self):
         if self.served_model_name in dict(self.lora_modules):
             raise ValueError(f"LORA_MODULES: the adapter name {self.served_model_name!r} is the base model's")
+    # vLLM's tool-call parser for tool_choice "auto" (its --tool-call-parser names). "hermes" reads
+    # <tool_call>{"name": ..., "arguments": ...}</tool_call>, the format the server writes tools in
+    # for templates without a tool format of their own, SmolLM2's included.
+    tool_call_parser: str = "hermes"
 
     @classmethod
     def from_env(cls) -> "EngineSettings":
@@ -119,6 +123,7 @@ class EngineSettings:
             lora_modules=_env_lora_modules("LORA_MODULES"),
             max_lora_rank=_env_int("MAX_LORA_RANK", None),
             max_loras=_env_int("MAX_LORAS", None),
+            tool_call_parser=os.environ.get("TOOL_CALL_PARSER") or "hermes",
         )
 
 

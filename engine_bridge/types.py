@@ -50,6 +50,8 @@ class ChoiceDelta:
     token_count: int
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None
+    # The new tokens themselves (tool-call parsers may read them).
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -269,10 +269,9 @@ def test_logit_bias_bans_the_greedy_token_and_forces_another(client):
     assert info.value.body["param"] == "logit_bias.49152"
 
 
-def test_tools_are_refused_until_implemented(client):
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    for param, value in (("tools", [weather]), ("tool_choice", "required"), ("functions", [weather["function"]]),
-                         ("function_call", "auto")):
+def test_the_deprecated_function_fields_are_refused(client):
+    weather = {"name": "get_weather", "parameters": {"type": "object"}}
+    for param, value in (("functions", [weather]), ("function_call", "auto")):
         with pytest.raises(openai.BadRequestError) as info:
             chat(client, max_tokens=2, **{param: value})
         assert info.value.body["param"] == param

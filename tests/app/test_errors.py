@@ -77,7 +77,8 @@ def test_unknown_model_is_a_404(client):
     (chat_body(presence_penalty=2.1), "presence_penalty"),
     (chat_body(stream="yes"), "stream"),
     (chat_body(model=7), "model"),
-    (chat_body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role"),
+    (chat_body(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
+    (chat_body(messages=[{"role": "tool", "content": "x"}]), "messages[0].tool_call_id"),
     (chat_body(n=0), "n"),
     (chat_body(n=17), "n"),
     (chat_body(stop=["a", "b", "c", "d", "e"]), "stop"),
@@ -105,9 +106,9 @@ def test_unknown_model_is_a_404(client):
     (chat_body(logit_bias={"5": True}), "logit_bias.5"),
     (chat_body(logit_bias={str(i): 1 for i in range(301)}), "logit_bias"),
     (chat_body(logit_bias={"1000": -100}), "logit_bias.1000"),  # the stand-in's vocabulary is 0..999
-    (chat_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
-    (chat_body(tool_choice="auto"), "tool_choice"),
-    (chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice"),
+    (chat_body(tools=[{"type": "function", "function": {"name": "f g"}}]), "tools[0].function.name"),
+    (chat_body(tool_choice="required"), "tool_choice"),
+    (chat_body(tool_choice={"type": "function", "function": {"name": "f"}}), "tool_choice.function.name"),
     (chat_body(functions=[{"name": "f", "parameters": {}}]), "functions"),
     (chat_body(function_call="auto"), "function_call"),
 ])

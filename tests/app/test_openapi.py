@@ -57,20 +57,25 @@ def test_request_schemas_carry_the_validation_rules_and_the_servers_limits(docum
                                                        "default": 1.0}
     assert chat["properties"]["max_tokens"]["maximum"] == 4096
     assert chat["properties"]["top_p"]["exclusiveMinimum"] is True
-    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "user", "assistant", "tool"]
     token_ids = schemas["CompletionRequest"]["properties"]["prompt"]["oneOf"][2]
     assert token_ids["items"]["maximum"] == VOCAB_SIZE - 1
 
 
-def test_logit_bias_and_the_refused_tool_fields_are_documented(document):
+def test_logit_bias_tools_and_the_refused_function_fields_are_documented(document):
     schemas = document["components"]["schemas"]
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         logit_bias = schemas[name]["properties"]["logit_bias"]
         assert logit_bias["maxProperties"] == 300
         assert logit_bias["additionalProperties"] == {"type": "number", "minimum": -100, "maximum": 100}
     chat = schemas["ChatCompletionRequest"]["properties"]
-    assert chat["tools"]["maxItems"] == 0 and chat["functions"]["maxItems"] == 0
-    assert chat["tool_choice"]["enum"] == chat["function_call"]["enum"] == ["none", None]
+    assert chat["tools"]["maxItems"] == 128 and chat["functions"]["maxItems"] == 0
+    assert chat["function_call"]["enum"] == ["none", None]
+    assert chat["tool_choice"]["oneOf"][0]["enum"] == ["none", "auto", "required"]
+    function = schemas["FunctionDefinition"]
+    assert function["required"] == ["name"] and function["properties"]["name"]["pattern"] == "^[a-zA-Z0-9_-]{1,64}$"
+    assert "tool_calls" in schemas["AssistantMessage"]["properties"]
+    assert schemas["ToolCallDelta"]["required"] == ["index"]
     assert "always enforced" in schemas["JsonSchemaSpec"]["properties"]["strict"]["description"]
 
 
@@ -78,9 +83,9 @@ def test_the_documented_schemas_accept_and_refuse_what_the_server_does(client, d
     check = validator(document, "ChatCompletionRequest")
     good = {"model": STAND_IN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     bad = [{**good, "temperature": 3}, {**good, "messages": []}, {**good, "n": "2"},
-           {**good, "messages": [{"role": "tool", "content": "x"}]}, {**good, "stop": ["a"] * 5},
+           {**good, "messages": [{"role": "robot", "content": "x"}]}, {**good, "stop": ["a"] * 5},
            {**good, "logit_bias": {"5": 101}}, {**good, "tools": [{"type": "function"}]},
-           {**good, "tool_choice": "auto"}]
+           {**good, "tool_choice": "maybe"}, {**good, "tools": [{"type": "function", "function": {"name": "a b"}}]}]
     assert check.is_valid(good)
     assert client.post(CHAT, json=good).status_code == 200
     also_good = {**good, "logit_bias": {"5": -100}, "tools": [], "tool_choice": "none", "function_call": None}

@@ -128,12 +128,11 @@ def test_logit_bias_loads_as_token_ids_to_floats():
     assert completion_request.load({"model": "m", "prompt": "x", "logit_bias": None}).get("logit_bias") is None
 
 
-def test_tools_off_is_accepted_and_any_tool_refused():
+def test_the_deprecated_function_fields_are_refused_unless_off():
     off = {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"}
     chat_completion_request.load({"model": "m", "messages": MESSAGES, **off})
     chat_completion_request.load({"model": "m", "messages": MESSAGES, **dict.fromkeys(off)})
-    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
-                         ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("tools", {})):
+    for field, value in (("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("tools", {})):
         with pytest.raises(ValidationError) as info:
             chat_completion_request.load({"model": "m", "messages": MESSAGES, field: value})
         assert field in info.value.messages
@@ -145,3 +144,120 @@ def test_message_names_and_strict_json_schemas_are_kept():
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": True}}})
     assert req["messages"][0]["name"] == "alice"
     assert req["response_format"]["json_schema"]["strict"] is True
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def chat_with(**fields):
+    return chat_completion_request.load({"model": "m", "messages": MESSAGES, **fields})
+
+
+def first_error(info) -> tuple[str, str]:
+    """The dotted path of the first error and its message."""
+    from app.errors import to_api_error
+
+    error = to_api_error(info.value)
+    return error.param, error.message
+
+
+def test_tool_choice_defaults_to_auto_with_tools_and_none_without():
+    assert chat_with(tools=[WEATHER])["tool_choice"] == "auto"
+    assert chat_with()["tool_choice"] == "none"
+    assert chat_with(tools=None, tool_choice=None)["tool_choice"] == "none"
+    assert chat_with(tools=[WEATHER])["parallel_tool_calls"] is True
+
+
+def test_tool_choice_forms():
+    for choice in ("none", "auto", "required"):
+        assert chat_with(tools=[WEATHER], tool_choice=choice)["tool_choice"] == choice
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert chat_with(tools=[WEATHER], tool_choice=named)["tool_choice"] == named
+    # "auto" with no tools asks for nothing impossible: the model just answers.
+    assert chat_with(tool_choice="auto")["tool_choice"] == "auto"
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "x" * 65}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f\n"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function"}]}, "tools[0].function"),
+    ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools[0].type"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+     "tools[1].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"required": "city"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}, "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": 3}}]}, "tools[0].function.description"),
+    ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
+    ({"tools": [WEATHER] * 129}, "tools"),
+    ({"tools": WEATHER}, "tools"),
+    ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+     "tool_choice.function.name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function"}}, "tool_choice.function.name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "code", "function": {"name": "get_weather"}}}, "tool_choice.type"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+])
+def test_bad_tools_name_the_field(fields, param):
+    with pytest.raises(ValidationError) as info:
+        chat_with(**fields)
+    assert first_error(info)[0] == param
+
+
+def test_a_parameters_schema_is_checked_as_json_schema():
+    ok = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}, "tags": {"type": "array"}},
+          "$defs": {"x": {"type": "string"}}}
+    assert chat_with(tools=[{"type": "function", "function": {"name": "f", "parameters": ok}}])
+    # No type at all is an object schema too; no parameters means no arguments.
+    assert chat_with(tools=[{"type": "function", "function": {"name": "f", "parameters": {"properties": {}}}}])
+    assert chat_with(tools=[{"type": "function", "function": {"name": "f"}}])
+    with pytest.raises(ValidationError) as info:
+        chat_with(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer", "minimum": "zero"}}}}}])
+    param, message = first_error(info)
+    assert param == "tools[0].function.parameters" and "Not a valid JSON Schema" in message
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+def test_a_conversation_with_tool_calls_and_results_loads():
+    messages = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "18 C"}]},
+                {"role": "assistant", "content": "It is 18 C."}]
+    req = chat_completion_request.load({"model": "m", "messages": messages, "tools": [WEATHER]})
+    assert req["messages"][1]["tool_calls"] == [CALL] and req["messages"][1]["content"] is None
+    assert req["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}
+    # An assistant message with calls may leave content out altogether.
+    chat_completion_request.load({"model": "m", "messages": [*MESSAGES, {"role": "assistant", "tool_calls": [CALL]}]})
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "tool", "content": "18 C"}], "messages[0].tool_call_id"),
+    ([*MESSAGES, {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}], "messages[1].tool_call_id"),
+    ([*MESSAGES, {"role": "assistant", "tool_calls": [CALL]}, {"role": "user", "content": "and?"},
+      {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}], "messages[3].tool_call_id"),
+    ([*MESSAGES, {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "call_2",
+                                                                "content": "18 C"}], "messages[2].tool_call_id"),
+    ([{"role": "user", "content": "hi", "tool_calls": [CALL]}], "messages[0].tool_calls"),
+    ([{"role": "user", "content": "hi", "tool_call_id": "call_1"}], "messages[0].tool_call_id"),
+    ([{"role": "assistant", "content": None}], "messages[0].content"),
+    ([{"role": "assistant", "tool_calls": []}], "messages[0].content"),
+    ([{"role": "tool", "tool_call_id": "call_1"}], "messages[0].content"),
+    ([{"role": "assistant", "tool_calls": [{**CALL, "id": None}]}], "messages[0].tool_calls[0].id"),
+    ([{"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": {"a": 1}}}]}],
+     "messages[0].tool_calls[0].function.arguments"),
+    ([{"role": "assistant", "tool_calls": [{**CALL, "type": "code"}]}], "messages[0].tool_calls[0].type"),
+])
+def test_bad_tool_messages_name_the_field(messages, param):
+    with pytest.raises(ValidationError) as info:
+        chat_completion_request.load({"model": "m", "messages": messages})
+    assert first_error(info)[0] == param
