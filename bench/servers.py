@@ -194,4 +194,18 @@ class VllmServer(Server):
                 "engine_core": "separate process (vLLM's default: VLLM_ENABLE_V1_MULTIPROCESSING=1)"}
 
 
-SERVERS = {cls.name: cls for cls in (OurServer, VllmServer)}
+class VllmInprocessServer(VllmServer):
+    """vLLM's own OpenAI server with its engine core in its API process, as this server runs it."""
+
+    name = "vllm-inproc"
+    label = "vLLM's OpenAI server, engine core in-process"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+    def settings(self) -> dict:
+        return {**super().settings(), "command": "VLLM_ENABLE_V1_MULTIPROCESSING=0 " + super().settings()["command"],
+                "engine_core": "in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as ours"}
+
+
+SERVERS = {cls.name: cls for cls in (OurServer, VllmServer, VllmInprocessServer)}
