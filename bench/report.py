@@ -18,10 +18,13 @@ MAIN_RUNS = (*CONCURRENCY_RUNS, "http_overhead", "streams100")
 LENGTH_RUNS = ("c16", "len1024", "len4096")
 PREFIX_RUN = "shared_prefix"
 OURS, THEIRS, THEIRS_INPROC, OFFLINE = "ours", "vllm", "vllm-inproc", "offline"
+# Ours with vLLM's engine core in a process of its own (ENGINE_CORE=process): shown, not a target.
+OURS_PROCESS = "ours-process"
 # The anchors ours is compared with, in the order the tables show them.
 ANCHORS = (THEIRS, THEIRS_INPROC, OFFLINE)
 NO_CACHE = "-no-prefix-cache"
-SERVER_TITLES = {OURS: "ours", THEIRS: "vLLM", THEIRS_INPROC: "vLLM in-process", OFFLINE: "offline LLM"}
+SERVER_TITLES = {OURS: "ours", OURS_PROCESS: "ours, engine core process", THEIRS: "vLLM",
+                 THEIRS_INPROC: "vLLM in-process", OFFLINE: "offline LLM"}
 SERVER_TITLES.update({name + NO_CACHE: title for name, title in list(SERVER_TITLES.items())})
 # What the ratio row against each anchor is called.
 RATIO_TITLES = {THEIRS: "ours/vLLM", THEIRS_INPROC: "ours/vLLM in-process",
@@ -144,7 +147,7 @@ def _fmt(value, digits: int = 1) -> str:
 def _server_rows(label: str, run: str, results: dict) -> list[str]:
     ours = results.get(OURS, {}).get(run)
     rows = []
-    for name in (OURS, *ANCHORS):
+    for name in (OURS, OURS_PROCESS, *ANCHORS):
         summary = results.get(name, {}).get(run)
         if summary is None:
             continue
@@ -173,6 +176,9 @@ def markdown(report: dict) -> str:
              f"{report['machine']}; vLLM {report['vllm_version']}; model {report['model']}; "
              f"`make bench` took {_fmt(report.get('wall_time_s'), 0)} s.", "",
              "Client: vLLM's own `vllm bench serve` " + " ".join(report["client_flags"]) + ".", ""]
+    if "ld_preload" in report:
+        lines += [f"Preloaded into every server and the offline engine (LD_PRELOAD): "
+                  f"`{report['ld_preload'] or 'nothing'}`.", ""]
     if report.get("load_average_before"):
         # Another process on the cores changes every number here: say how busy the machine was.
         lines += [f"Load average (1, 5, 15 min) before: {report['load_average_before']}, after: "
@@ -228,7 +234,7 @@ def markdown(report: dict) -> str:
                   "| server | prefix caching | TTFT p50 ms | TTFT p99 ms | E2E latency p50 ms | output tok/s "
                   "| errors |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for base in (OURS, *ANCHORS):
+        for base in (OURS, OURS_PROCESS, *ANCHORS):
             for name, state in ((base, "on"), (base + NO_CACHE, "off")):
                 s = results.get(name, {}).get(PREFIX_RUN)
                 if s:
@@ -265,10 +271,11 @@ def chart(report: dict, path: Path) -> None:
               ("ttft_p50_ms", "Median time to first token", "s", 1000),
               ("itl_p99_ms", "p99 inter-token latency", "s", 1000))
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
-    styles = {OURS: "o-", THEIRS: "s--", THEIRS_INPROC: "^-.", OFFLINE: "d:"}
-    labels = {OURS: "this server", THEIRS: "vLLM's server", THEIRS_INPROC: "vLLM's server, engine core in-process",
+    styles = {OURS: "o-", OURS_PROCESS: "v-", THEIRS: "s--", THEIRS_INPROC: "^-.", OFFLINE: "d:"}
+    labels = {OURS: "this server", OURS_PROCESS: "this server, ENGINE_CORE=process", THEIRS: "vLLM's server",
+              THEIRS_INPROC: "vLLM's server, engine core in-process",
               OFFLINE: "offline LLM (ceiling)"}
-    for name in (OURS, *ANCHORS):
+    for name in (OURS, OURS_PROCESS, *ANCHORS):
         measured = [(scenarios[run]["concurrency"], report["results"].get(name, {}).get(run)) for run in runs]
         measured = [(c, s) for c, s in measured if s]
         if not measured:

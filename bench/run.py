@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench import report
-from bench.servers import BASE_ENV, MODEL_NAME, ROOT, SERVERS, Server, default_model_dir
+from bench.servers import MODEL_NAME, ROOT, SERVERS, TUNED_ENV, Server, default_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SEED = 20261126
@@ -216,7 +216,7 @@ def run_offline_session(prefix_caching: bool, scenarios: list[Scenario], model_d
     summaries, startup = {}, None
     with open(work_dir / f"{label}.log", "ab") as log:
         try:
-            done = subprocess.run(command, cwd=ROOT, env=BASE_ENV, stdout=log, stderr=subprocess.STDOUT,
+            done = subprocess.run(command, cwd=ROOT, env=TUNED_ENV, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=timeout_s * (len(scenarios) + 1))
             failure = None if done.returncode == 0 else f"bench.offline exited with {done.returncode}"
         except subprocess.TimeoutExpired:
@@ -272,7 +272,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                        help="comma-separated, in order: " + ", ".join(DEFAULT_SERVERS))
+                        help="comma-separated, in order: " + ", ".join(DEFAULT_SERVERS)
+                        + " (and ours-process: ours with ENGINE_CORE=process)")
     parser.add_argument("--only", help="comma-separated scenario names: " + ", ".join(s.name for s in SCENARIOS))
     parser.add_argument("--num-prompts", type=int, help="override every scenario's number of requests (quick runs)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -280,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT_S, help="seconds before a run is abandoned")
     args = parser.parse_args(argv)
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = [name for name in servers if name not in DEFAULT_SERVERS]
+    known = [*DEFAULT_SERVERS, "ours-process"]
+    unknown = [name for name in servers if name not in known]
     if unknown:
-        parser.error(f"unknown server(s) {unknown}; choose from {list(DEFAULT_SERVERS)}")
+        parser.error(f"unknown server(s) {unknown}; choose from {known}")
     only = {name.strip() for name in args.only.split(",")} if args.only else None
     sessions = plan(servers, only, args.num_prompts)
     if not any(scenarios for _, _, scenarios in sessions):
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_version": client.vllm_version(),
         "model": MODEL_NAME,
         "client_flags": list(CLIENT_FLAGS),
+        # The same for every server and the offline engine (engine_bridge/cpu_tuning.py).
+        "ld_preload": TUNED_ENV.get("LD_PRELOAD"),
         "servers": server_settings,
         "scenarios": [asdict(s) for s in chosen.values()],
         "results": results,

@@ -23,6 +23,16 @@ def _env_float(name: str, default: float | None) -> float | None:
     return float(value) if value not in (None, "") else default
 
 
+ENGINE_CORE_CHOICES = ("auto", "inprocess", "process")
+
+
+def _engine_core(value: str) -> str:
+    value = value.strip().lower().replace("-", "").replace("_", "")
+    if value not in ENGINE_CORE_CHOICES:
+        raise ValueError(f"ENGINE_CORE must be one of {', '.join(ENGINE_CORE_CHOICES)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """What the engine loads and how; every field has an environment variable (see README)."""
@@ -39,6 +49,9 @@ class EngineSettings:
     enforce_eager: bool = True
     enable_prefix_caching: bool = True
     seed: int = 0
+    # Where vLLM's engine core runs: "inprocess" (in the engine thread), "process" (a process of
+    # its own, vLLM's multiprocessing client), or "auto": process with CUDA, in-process on CPU.
+    engine_core: str = "auto"
     # "module:function" building the engine from these settings instead of build_engine
     # (a wrapped or instrumented LLMEngine); unset for vLLM's own.
     engine_factory: str | None = None
@@ -61,6 +74,7 @@ class EngineSettings:
             enable_prefix_caching=_env_bool("ENABLE_PREFIX_CACHING", True),
             seed=_env_int("ENGINE_SEED", 0),
             engine_factory=os.environ.get("ENGINE_FACTORY") or None,
+            engine_core=_engine_core(os.environ.get("ENGINE_CORE") or "auto"),
         )
 
 
@@ -84,3 +98,17 @@ class LifecycleSettings:
             load_attempts=max(1, _env_int("ENGINE_LOAD_ATTEMPTS", 3)),
             load_retry_seconds=_env_float("ENGINE_LOAD_RETRY_SECONDS", 5.0),
         )
+
+
+@dataclass(frozen=True)
+class CpuTuningSettings:
+    """How the server is started on a CPU host (engine_bridge/cpu_tuning.py); a variable per field (see README)."""
+
+    # Preload tcmalloc and Intel OpenMP (those installed) into the server, as vLLM's CPU guide asks.
+    preload: bool = True
+
+    @classmethod
+    def from_env(cls, env: "dict[str, str] | None" = None) -> "CpuTuningSettings":
+        """Build settings from CPU_PRELOAD (on by default; "off" or "0" turns it off)."""
+        value = (os.environ if env is None else env).get("CPU_PRELOAD", "").strip().lower()
+        return cls(preload=value not in ("0", "off", "false", "no"))

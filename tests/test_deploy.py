@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from engine_bridge.cpu_tuning import preload_libraries
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ROOT, ServerProcess, _die_with_parent, free_port
 
@@ -93,7 +94,8 @@ http {{
 def deployed(tmp_path_factory):
     """(server, nginx): the unit's command and environment, behind nginx."""
     env, command, cwd = read_unit(UNIT)
-    assert env["TRUSTED_PROXY_COUNT"] == "1" and command[1:] == ["-c", "gunicorn.conf.py", "wsgi:app"]
+    assert env["TRUSTED_PROXY_COUNT"] == "1" and command[1:3] == ["-m", "engine_bridge.cpu_tuning"]
+    assert command[3:] == [f"{INSTALL_DIR}/.venv/bin/gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     # As installed, with this checkout in place of /opt/vllm-flask-server and a state folder of
     # its own for HOME; HOST and PORT are the test's (as a drop-in override would set them).
     command = [part.replace(INSTALL_DIR, str(ROOT)) for part in command]
@@ -179,3 +181,20 @@ def test_errors_arrive_as_the_servers_envelopes(deployed):
     assert response.status == 400
     assert json.loads(response.read())["error"]["param"] == "messages"
     conn.close()
+
+
+def test_the_unit_preloads_tcmalloc_and_intel_openmp_into_the_worker(deployed):
+    server, _ = deployed
+    # What the launcher finds here: Debian's tcmalloc (make test installs it) and the venv's libiomp5.
+    libraries = preload_libraries(prefix=str(ROOT / ".venv"))
+    assert [Path(lib).name for lib in libraries] == ["libtcmalloc_minimal.so.4", "libiomp5.so"]
+    [worker] = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log_path.read_text())]
+    mapped = {line.split()[-1] for line in Path(f"/proc/{worker}/maps").read_text().splitlines()
+              if len(line.split()) >= 6}
+    for library in libraries:
+        assert os.path.realpath(library) in mapped, library
+    environ = dict(entry.split("=", 1) for entry in
+                   Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in entry)
+    assert environ["LD_PRELOAD"].split(":")[:2] == libraries
+    # vLLM's own check of the preload (its CPU worker warns when either is missing) stays quiet.
+    assert "not found in LD_PRELOAD" not in server.log_path.read_text()

@@ -266,7 +266,7 @@ def test_summarize_reads_vllm_bench_result_fields():
 
 def test_plan_runs_every_anchor_by_default_and_the_prefix_cache_comparison_last():
     assert DEFAULT_SERVERS == ("ours", "vllm", "vllm-inproc", "offline")
-    assert set(DEFAULT_SERVERS) == set(SERVERS) | {"offline"}
+    assert set(DEFAULT_SERVERS) | {"ours-process"} == set(SERVERS) | {"offline"}
     sessions = plan(["ours", "vllm"], None, None)
     assert [(name, caching) for name, caching, _ in sessions] == [
         ("ours", True), ("vllm", True), ("ours", False), ("vllm", False)]
