@@ -72,6 +72,7 @@ def run_scenario(llm, tokenizer, scenario: Scenario, prompts: list[tuple[str, in
     tokens: dict[str, int] = {}
     itls: list[float] = []
     queue = list(pending)
+    cpu_before = os.times()
     started = time.perf_counter()
     while queue or engine.has_unfinished_requests():
         while queue and len(added) - len(ended) < scenario.concurrency:
@@ -93,6 +94,10 @@ def run_scenario(llm, tokenizer, scenario: Scenario, prompts: list[tuple[str, in
             if output.finished:
                 ended[rid] = now
     duration = time.perf_counter() - started
+    cpu_after = os.times()
+    # CPU seconds this process used (all its threads): less sensitive than wall time to other
+    # processes on the same cores, though OpenMP threads that spin while they wait count too.
+    cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
 
     ids_done = list(ended)
     total_out = sum(tokens.get(rid, 0) for rid in ids_done)
@@ -115,6 +120,7 @@ def run_scenario(llm, tokenizer, scenario: Scenario, prompts: list[tuple[str, in
         "mean_output_tokens": total_out / completed if completed else None,
         "expected_output_tokens": expected, "peak_open_requests": min(scenario.concurrency, len(pending)),
         "valid": completed == len(pending) and short == 0,
+        "process_cpu_s": cpu_s,
     }
 
 

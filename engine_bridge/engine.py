@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 
-from engine_bridge.settings import EngineSettings
+from engine_bridge.settings import EngineSettings, cpu_auto_dtype, cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,78 @@ def _find_unsafe_globals(hidden: list) -> None:
                 namespace[name] = None
 
 
+def engine_core_in_process(setting: str, cuda: bool) -> bool:
+    """Whether vLLM's engine core runs in this process, for ENGINE_CORE's setting on this device.
+
+    On a GPU its own process pays: scheduling and the GPU work go on while this process's one
+    interpreter lock serves HTTP, JSON and detokenizing. On CPU the cores are the bottleneck
+    and a second process only adds copies and hand-offs (docs/engine-notes.md has the numbers).
+    """
+    if setting == "auto":
+        return not cuda
+    return setting == "inprocess"
+
+
+# How often the engine core process checks that the worker that started it is still there.
+PARENT_CHECK_SECONDS = 0.5
+# After the worker is gone: the engine core gets SIGTERM (vLLM's own clean shutdown), and is
+# ended outright this much later if it is still there.
+ORPHAN_GRACE_SECONDS = 5.0
+
+
+def _run_engine_core_tied_to_parent(*args, **kwargs):
+    """vLLM's EngineCoreProc.run_engine_core, ending itself once the process that started it is gone.
+
+    vLLM's engine core process has no way to notice that its client died without shutting it
+    down (kill -9 of the gunicorn worker, an OOM kill): it would live on as an orphan holding the
+    model's memory, and its own workers with it (they watch the core, not the client). Runs in
+    the engine core process: a thread watches the parent pid. Not PR_SET_PDEATHSIG: the core is
+    forked from the thread that builds the engine, and that signal fires when that thread ends.
+    """
+    import signal
+    import threading
+
+    from vllm.v1.engine.core import EngineCoreProc
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="engine-core-parent-watch", daemon=True).start()
+    return _original_run_engine_core(EngineCoreProc)(*args, **kwargs)
+
+
+def _original_run_engine_core(cls):
+    return getattr(cls, "_engine_bridge_original_run_engine_core", cls.run_engine_core)
+
+
+def _tie_engine_core_to_this_process() -> None:
+    """Make vLLM start its engine core through _run_engine_core_tied_to_parent (once per process)."""
+    from vllm.v1.engine.core import EngineCoreProc
+
+    if not hasattr(EngineCoreProc, "_engine_bridge_original_run_engine_core"):
+        EngineCoreProc._engine_bridge_original_run_engine_core = EngineCoreProc.run_engine_core
+        EngineCoreProc.run_engine_core = staticmethod(_run_engine_core_tied_to_parent)
+
+
 def build_engine(settings: EngineSettings):
     """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
-    # The engine core runs in this process: with the multiprocess core, a gevent-patched
-    # client hung waiting for it, and the in-process core was faster (docs/engine-notes.md).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # GiB of KV cache on CPU; vLLM otherwise tries to reserve most of the machine and fails.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gb))
+    from vllm.platforms import current_platform
+
+    # ENGINE_CORE decides, before vLLM reads the variable when the engine is built. The engine
+    # is built before gevent patches the worker (post_fork), so the core process and the
+    # client's threads start unpatched (docs/engine-notes.md).
+    in_process = engine_core_in_process(settings.engine_core, current_platform.is_cuda_alike())
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    if not in_process:
+        _tie_engine_core_to_this_process()
 
     import tqdm
     from vllm import EngineArgs, LLMEngine
@@ -88,8 +153,7 @@ def build_engine(settings: EngineSettings):
         _compile_helpers_without_subprocesses()
     dtype = settings.dtype
     if dtype == "auto" and cpu:
-        # bf16 with eager execution produced wrong text on CPU; float32 is correct.
-        dtype = "float32"
+        dtype = cpu_auto_dtype(cpu_flags())
     args = EngineArgs(
         model=settings.model,
         served_model_name=settings.served_model_name,
@@ -108,7 +172,8 @@ def build_engine(settings: EngineSettings):
         disable_log_stats=False,
     )
     started = time.monotonic()
-    log.info("loading engine: model=%s dtype=%s device=%s", settings.model, dtype, "cpu" if cpu else "gpu")
+    log.info("loading engine: model=%s dtype=%s device=%s engine core %s", settings.model, dtype,
+             "cpu" if cpu else "gpu", "in-process" if in_process else "in a process of its own")
     with _globals_safe_for_vllm_scan():
         engine = LLMEngine.from_engine_args(args)
     log.info("engine loaded in %.1f s", time.monotonic() - started)

@@ -26,6 +26,29 @@ def _env_float(name: str, default: float | None) -> float | None:
 ENGINE_CORE_CHOICES = ("auto", "inprocess", "process")
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags of this machine's first CPU (empty where /proc/cpuinfo is not)."""
+    try:
+        with open(cpuinfo) as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_auto_dtype(flags: frozenset[str]) -> str:
+    """What DTYPE=auto means on a CPU with these flags: bfloat16 only where vLLM's bf16 path is native.
+
+    With AMX (amx_bf16), vLLM's CPU build runs bfloat16 on its AMX kernels (attention and
+    GEMMs). Elsewhere float32: with AVX-512 BF16 but no AMX, bf16 answered "What is the capital
+    of France?" with "L'Étoile, la Marseillaise, la femme, ..." (docs/engine-notes.md); on AVX2
+    there is no bf16 arithmetic at all and every bf16 GEMM is converted, far slower than float32.
+    """
+    return "bfloat16" if "amx_bf16" in flags else "float32"
+
+
 def _engine_core(value: str) -> str:
     value = value.strip().lower().replace("-", "").replace("_", "")
     if value not in ENGINE_CORE_CHOICES:
@@ -39,7 +62,7 @@ class EngineSettings:
 
     model: str = field(default_factory=lambda: str(default_model_dir()))
     served_model_name: str = DEFAULT_MODEL_NAME
-    # "auto" means float32 on CPU (bf16 + eager gave wrong text there) and the model's dtype on GPU.
+    # "auto": on CPU, cpu_auto_dtype (bfloat16 with AMX, float32 elsewhere); on GPU the model's own.
     dtype: str = "auto"
     max_model_len: int | None = None
     kv_cache_gb: int = 1
