@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench import report
-from bench.servers import MODEL_NAME, ROOT, SERVERS, TUNED_ENV, Server, default_model_dir
+from bench.servers import MODEL_NAME, ROOT, SERVERS, START_TIMEOUT, TUNED_ENV, Server, default_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SEED = 20261126
@@ -216,8 +216,9 @@ def run_offline_session(prefix_caching: bool, scenarios: list[Scenario], model_d
     summaries, startup = {}, None
     with open(work_dir / f"{label}.log", "ab") as log:
         try:
+            # The engine's load as a server's start may take, then each run's own budget.
             done = subprocess.run(command, cwd=ROOT, env=TUNED_ENV, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s * (len(scenarios) + 1))
+                                  timeout=START_TIMEOUT + timeout_s * (len(scenarios) + 1))
             failure = None if done.returncode == 0 else f"bench.offline exited with {done.returncode}"
         except subprocess.TimeoutExpired:
             failure = "bench.offline timed out"
