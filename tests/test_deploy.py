@@ -193,8 +193,5 @@ def test_the_unit_preloads_tcmalloc_and_intel_openmp_into_the_worker(deployed):
               if len(line.split()) >= 6}
     for library in libraries:
         assert os.path.realpath(library) in mapped, library
-    environ = dict(entry.split("=", 1) for entry in
-                   Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in entry)
-    assert environ["LD_PRELOAD"].split(":")[:2] == libraries
     # vLLM's own check of the preload (its CPU worker warns when either is missing) stays quiet.
     assert "not found in LD_PRELOAD" not in server.log_path.read_text()
