@@ -50,9 +50,11 @@ ifeq ($(strip $(MODEL)),)
 	$(BIN)/python -m engine_bridge.prepare_model
 endif
 
+# Through engine_bridge.cpu_tuning: gunicorn is exec'd with tcmalloc and Intel OpenMP preloaded
+# when they are installed (vLLM's CPU guide; CPU_PRELOAD=off to skip).
 serve: model
 	@echo "==> starting gunicorn on http://$(HOST):$(PORT) (the engine loads first; /health says when it is ready)"
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(BIN)/python -m engine_bridge.cpu_tuning $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # `make cluster`: on loopback, Redis, REPLICAS (2) servers on ports from REPLICA_BASE_PORT (8001)
 # sharing one rate limit and concurrency cap, and nginx in front on HOST:PORT (deploy/nginx's
@@ -62,11 +64,14 @@ cluster: model system-packages
 
 # The tests start a real redis-server (shared rate limits) and a real nginx (deploy/nginx), drive
 # the chat page in headless chromium, and run examples/js with node (npm installs their packages);
-# Debian's packages, installed once. Each pair is a command and the package that provides it.
-SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx-light chromium:chromium node:nodejs npm:npm
+# check that tcmalloc is preloaded into the server (vLLM's CPU guide); Debian's packages, installed
+# once. Each entry is command-or-file:package.
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx-light chromium:chromium node:nodejs npm:npm \
+	/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:libtcmalloc-minimal4
 system-packages:
 	@missing="$$(for pair in $(SYSTEM_PACKAGES); do \
-	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || echo $${pair#*:}; done)"; \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || [ -e $${pair%%:*} ] \
+	  || echo $${pair#*:}; done)"; \
 	if [ -n "$$missing" ]; then echo "==> installing Debian packages:" $$missing; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
@@ -76,7 +81,7 @@ test: model system-packages $(BENCH_INSTALLED)
 # `make bench`: this server against vLLM's own OpenAI server, one after the other on loopback,
 # driven by vLLM's benchmark client; writes bench/results/<date>.json, .md and .png.
 # Pass options with `make bench BENCH_ARGS="--only c1,c16"`.
-bench: model $(BENCH_INSTALLED)
+bench: model system-packages $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # `make soak`: the real server under 10 minutes of mixed traffic at 1,000 requests a minute;

@@ -17,9 +17,28 @@ CONCURRENCY_RUNS = ("c1", "c16", "c64")
 MAIN_RUNS = (*CONCURRENCY_RUNS, "http_overhead", "streams100")
 LENGTH_RUNS = ("c16", "len1024", "len4096")
 PREFIX_RUN = "shared_prefix"
-OURS, THEIRS = "ours", "vllm"
+OURS, THEIRS, THEIRS_INPROC, OFFLINE = "ours", "vllm", "vllm-inproc", "offline"
+# Ours with vLLM's engine core in a process of its own (ENGINE_CORE=process): shown, not a target.
+OURS_PROCESS = "ours-process"
+# The anchors ours is compared with, in the order the tables show them.
+ANCHORS = (THEIRS, THEIRS_INPROC, OFFLINE)
 NO_CACHE = "-no-prefix-cache"
-SERVER_TITLES = {OURS: "ours", THEIRS: "vLLM", OURS + NO_CACHE: "ours", THEIRS + NO_CACHE: "vLLM"}
+SERVER_TITLES = {OURS: "ours", OURS_PROCESS: "ours, engine core process", THEIRS: "vLLM",
+                 THEIRS_INPROC: "vLLM in-process", OFFLINE: "offline LLM"}
+SERVER_TITLES.update({name + NO_CACHE: title for name, title in list(SERVER_TITLES.items())})
+# What the ratio row against each anchor is called.
+RATIO_TITLES = {THEIRS: "ours/vLLM", THEIRS_INPROC: "ours/vLLM in-process",
+                OFFLINE: "ours/offline (server efficiency)"}
+# The issue's targets against the fair anchor (vLLM's server with its engine core in-process, as
+# ours) and the engine's own ceiling: (run, anchor, metric, op, bound).
+TARGETS = (
+    *[(run, THEIRS_INPROC, "output_tok_s", ">=", 1.0 if run == "c1" else 1.3) for run in CONCURRENCY_RUNS],
+    *[(run, THEIRS_INPROC, "ttft_p50_ms", "<=", 1.0) for run in CONCURRENCY_RUNS],
+    *[(run, THEIRS_INPROC, "itl_p99_ms", "<=", 1.0) for run in CONCURRENCY_RUNS],
+    *[(run, OFFLINE, "output_tok_s", ">=", 0.95) for run in CONCURRENCY_RUNS],
+)
+METRIC_TITLES = {"output_tok_s": "output throughput", "ttft_p50_ms": "median TTFT", "itl_p99_ms": "p99 ITL",
+                 "req_s": "request throughput", "ttft_p99_ms": "p99 TTFT", "itl_p50_ms": "median ITL"}
 
 
 def peak_open(starts: list[float], ends: list[float]) -> int:
@@ -85,17 +104,26 @@ def early_opening_chunk(servers: dict) -> list[str]:
             if (settings.get("first_token_probe") or {}).get("opening_chunk_before_first_token")]
 
 
+def all_ratios(results: dict, runs) -> dict:
+    """{anchor: {run: ours/anchor for every metric}} for every anchor that ran."""
+    ours = results.get(OURS, {})
+    return {anchor: {run: ratios(ours.get(run), results[anchor].get(run)) for run in runs}
+            for anchor in ANCHORS if anchor in results}
+
+
 def targets(results: dict, servers: dict) -> list[dict]:
     """The issue's targets, each with the measured value and whether it was met."""
-    ours, theirs = results.get(OURS, {}), results.get(THEIRS, {})
-    ttft_measurable = not {OURS, THEIRS} & set(early_opening_chunk(servers))
+    ours = results.get(OURS, {})
+    early = set(early_opening_chunk(servers))
     rows = []
-    for run in CONCURRENCY_RUNS:
+    for run, anchor, metric, op, bound in TARGETS:
+        theirs = results.get(anchor, {})
         r = ratios(ours.get(run), theirs.get(run))
         comparable = (ours.get(run) or {}).get("valid", False) and (theirs.get(run) or {}).get("valid", False)
-        rows.append(_target(f"output throughput ours/vLLM at {run}", r["output_tok_s"], ">=", 1.0, comparable))
-        rows.append(_target(f"median TTFT ours/vLLM at {run}", r["ttft_p50_ms"], "<=", 1.1,
-                            comparable and ttft_measurable))
+        if metric.startswith("ttft"):
+            comparable = comparable and not {OURS, anchor} & early
+        name = f"{METRIC_TITLES[metric]} {RATIO_TITLES[anchor]} at {run}"
+        rows.append(_target(name, r[metric], op, bound, comparable))
     streams = ours.get("streams100")
     rows.append(_target("errors in ours with 100 concurrent streams", streams["errors"] if streams else None,
                         "<=", 0, streams is not None))
@@ -117,9 +145,10 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def _server_rows(label: str, run: str, results: dict) -> list[str]:
-    ours, theirs = results.get(OURS, {}).get(run), results.get(THEIRS, {}).get(run)
+    ours = results.get(OURS, {}).get(run)
     rows = []
-    for name, summary in ((OURS, ours), (THEIRS, theirs)):
+    for name in (OURS, OURS_PROCESS, *ANCHORS):
+        summary = results.get(name, {}).get(run)
         if summary is None:
             continue
         note = "" if summary["valid"] else f" (got {_fmt(summary['mean_output_tokens'])} tokens/request)"
@@ -128,8 +157,13 @@ def _server_rows(label: str, run: str, results: dict) -> list[str]:
         cells = [_fmt(summary[key]) for key, _, _ in METRICS]
         rows.append(f"| {label} | {SERVER_TITLES[name]} | " + " | ".join(cells)
                     + f" | {summary['errors']}{note} |")
-    r = ratios(ours, theirs)
-    rows.append(f"| {label} | **ours/vLLM** | " + " | ".join(_fmt(r[key], 2) for key, _, _ in METRICS) + " | |")
+    for anchor in ANCHORS:
+        theirs = results.get(anchor, {}).get(run)
+        if ours is None or theirs is None:
+            continue
+        r = ratios(ours, theirs)
+        rows.append(f"| {label} | **{RATIO_TITLES[anchor]}** | "
+                    + " | ".join(_fmt(r[key], 2) for key, _, _ in METRICS) + " | |")
     return rows
 
 
@@ -142,17 +176,30 @@ def markdown(report: dict) -> str:
              f"{report['machine']}; vLLM {report['vllm_version']}; model {report['model']}; "
              f"`make bench` took {_fmt(report.get('wall_time_s'), 0)} s.", "",
              "Client: vLLM's own `vllm bench serve` " + " ".join(report["client_flags"]) + ".", ""]
+    if "ld_preload" in report:
+        lines += [f"Preloaded into every server and the offline engine (LD_PRELOAD): "
+                  f"`{report['ld_preload'] or 'nothing'}`.", ""]
+    if report.get("load_average_before"):
+        # Another process on the cores changes every number here: say how busy the machine was.
+        lines += [f"Load average (1, 5, 15 min) before: {report['load_average_before']}, after: "
+                  f"{report.get('load_average_after')}; above the CPU count, the servers shared their cores.", ""]
     for name, settings in report["servers"].items():
         lines.append(f"- **{SERVER_TITLES.get(name, name)}** ({name}): `{settings['command']}`; "
                      f"engine core {settings['engine_core']}; prefix caching "
                      f"{'on' if settings['prefix_caching'] else 'off'}; ready in {_fmt(settings.get('startup_s'))} s")
+    if OFFLINE in report["servers"]:
+        lines += ["", "The offline LLM row is vLLM's engine with no server: the same prompts in the same closed "
+                      "loop of `concurrency` requests, timed after every engine step (bench/offline.py). Its "
+                      "throughput is the ceiling of any server on this engine; ours/offline is the server's "
+                      "efficiency."]
     for name in early_opening_chunk(report["servers"]):
         probe = report["servers"][name]["first_token_probe"]
         lines += ["", f"**Note:** {name} sent its first streamed chunk (role only, no text) after "
                       f"{probe['first_chunk_ms']} ms but its first token after {probe['first_text_ms']} ms. vLLM's "
                       "client takes TTFT at the first chunk, so its TTFT below is the time to that empty chunk "
                       "and its first inter-token latency holds the prefill; TTFT targets are not comparable."]
-    lines += ["", "## Targets (ours / vLLM's server, same run)", "",
+    lines += ["", "## Targets (same run; anchors: vLLM's server with its engine core in-process, and the "
+                  "offline engine)", "",
               "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
         met = "yes" if t["met"] else "no" if t["comparable"] else "not comparable" if t["measured"] else "not run"
@@ -187,7 +234,7 @@ def markdown(report: dict) -> str:
                   "| server | prefix caching | TTFT p50 ms | TTFT p99 ms | E2E latency p50 ms | output tok/s "
                   "| errors |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for base in (OURS, THEIRS):
+        for base in (OURS, OURS_PROCESS, *ANCHORS):
             for name, state in ((base, "on"), (base + NO_CACHE, "off")):
                 s = results.get(name, {}).get(PREFIX_RUN)
                 if s:
@@ -212,7 +259,7 @@ def markdown(report: dict) -> str:
 
 
 def chart(report: dict, path: Path) -> None:
-    """Output throughput and median TTFT by concurrency, both servers, as a PNG."""
+    """Output throughput, median TTFT and p99 ITL by concurrency, for ours and every anchor, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,17 +267,24 @@ def chart(report: dict, path: Path) -> None:
 
     scenarios = {s["name"]: s for s in report["scenarios"]}
     runs = [run for run in CONCURRENCY_RUNS if run in scenarios]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, style in ((OURS, "o-"), (THEIRS, "s--")):
+    panels = (("output_tok_s", "Output throughput", "tokens/s", 1),
+              ("ttft_p50_ms", "Median time to first token", "s", 1000),
+              ("itl_p99_ms", "p99 inter-token latency", "s", 1000))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    styles = {OURS: "o-", OURS_PROCESS: "v-", THEIRS: "s--", THEIRS_INPROC: "^-.", OFFLINE: "d:"}
+    labels = {OURS: "this server", OURS_PROCESS: "this server, ENGINE_CORE=process", THEIRS: "vLLM's server",
+              THEIRS_INPROC: "vLLM's server, engine core in-process",
+              OFFLINE: "offline LLM (ceiling)"}
+    for name in (OURS, OURS_PROCESS, *ANCHORS):
         measured = [(scenarios[run]["concurrency"], report["results"].get(name, {}).get(run)) for run in runs]
         measured = [(c, s) for c, s in measured if s]
         if not measured:
             continue
-        xs = [c for c, _ in measured]
-        label = "this server" if name == OURS else "vLLM's server"
-        left.plot(xs, [s["output_tok_s"] for _, s in measured], style, label=label)
-        right.plot(xs, [s["ttft_p50_ms"] / 1000 for _, s in measured], style, label=label)
-    for ax, title, unit in ((left, "Output throughput", "tokens/s"), (right, "Median time to first token", "s")):
+        for ax, (key, _, _, scale) in zip(axes, panels):
+            points = [(c, s[key] / scale) for c, s in measured if s.get(key) is not None]
+            if points:
+                ax.plot([c for c, _ in points], [v for _, v in points], styles[name], label=labels[name])
+    for ax, (_, title, unit, _) in zip(axes, panels):
         ax.set_xscale("log", base=2)
         ax.set_xticks([scenarios[run]["concurrency"] for run in runs])
         ax.set_xticklabels([str(scenarios[run]["concurrency"]) for run in runs])
@@ -239,7 +293,7 @@ def chart(report: dict, path: Path) -> None:
         ax.set_title(title)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(f"{report['model']}, 128 prompt / 64 output tokens ({report['date']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,6 +1,6 @@
 """`make bench`: this server and vLLM's OpenAI server, one after the other, under vLLM's own benchmark client.
 
-python -m bench.run [--servers ours,vllm] [--only c1,c16] [--num-prompts N] [--out-dir bench/results]
+python -m bench.run [--servers ours,vllm,vllm-inproc,offline] [--only c1,c16] [--num-prompts N] [--out-dir bench/results]
 """
 
 import argparse
@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench import report
-from bench.servers import MODEL_NAME, SERVERS, Server, default_model_dir
+from bench.servers import MODEL_NAME, ROOT, SERVERS, START_TIMEOUT, TUNED_ENV, Server, default_model_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SEED = 20261126
@@ -55,6 +56,9 @@ SCENARIOS = tuple(replace(s, seed=SEED + i) for i, s in enumerate((
     # About 1,000 tokens shared by every request; one warm-up request fills the prefix cache.
     Scenario("shared_prefix", 32, 16, 4, 16, prefix_len=1000, warmups=1),
 )))
+# Every server and anchor, in the order they run: ours, vLLM's server as users start it, vLLM's
+# server with its engine core in-process (as ours), vLLM's offline engine (the ceiling).
+DEFAULT_SERVERS = ("ours", "vllm", "vllm-inproc", "offline")
 # Untimed, first thing after each server start: wakes up allocators and the client's connections.
 WARMUP = Scenario("warmup", 128, 16, 4, 4, seed=SEED - 1)
 CLIENT_FLAGS = ("--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
@@ -196,6 +200,44 @@ def run_session(server_cls: type[Server], prefix_caching: bool, scenarios: list[
     return settings, summaries
 
 
+def run_offline_session(prefix_caching: bool, scenarios: list[Scenario], model_dir: Path, work_dir: Path,
+                        progress: Progress, timeout_s: float) -> tuple[dict, dict]:
+    """vLLM's offline engine on the same prompts (bench/offline.py, a process of its own); (settings, summaries)."""
+    label = report.OFFLINE + ("" if prefix_caching else report.NO_CACHE)
+    progress.say(f"{label}: vLLM's LLM in a process of its own, {len(scenarios)} run(s) after a warm-up")
+    for scenario in scenarios:
+        progress.run(label, scenario)
+    plan_file = work_dir / f"{label}-scenarios.json"
+    plan_file.write_text(json.dumps([asdict(s) for s in [WARMUP, *scenarios]]))
+    out = work_dir / f"{label}.json"
+    command = [sys.executable, "-m", "bench.offline", str(plan_file), str(model_dir), str(out)]
+    if not prefix_caching:
+        command.append("--no-prefix-caching")
+    summaries, startup = {}, None
+    with open(work_dir / f"{label}.log", "ab") as log:
+        try:
+            # The engine's load as a server's start may take, then each run's own budget.
+            done = subprocess.run(command, cwd=ROOT, env=TUNED_ENV, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=START_TIMEOUT + timeout_s * (len(scenarios) + 1))
+            failure = None if done.returncode == 0 else f"bench.offline exited with {done.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = "bench.offline timed out"
+    if failure is None:
+        recorded = json.loads(out.read_text())
+        summaries, startup = recorded["results"], recorded["startup_s"]
+        summaries.pop(WARMUP.name, None)
+    for scenario in scenarios:
+        summary = summaries.setdefault(scenario.name, failed_summary(scenario, failure or "no result"))
+        progress.result(summary)
+    from bench.offline import ENGINE
+
+    settings = {"command": "python -m bench.offline (vllm.LLM, closed loop of `concurrency` requests)",
+                **ENGINE, "kv_cache_gib": 1, "prefix_caching": prefix_caching,
+                "engine_core": "in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), no server",
+                "startup_s": startup, "first_token_probe": None}
+    return settings, summaries
+
+
 def plan(servers: list[str], only: set[str] | None, num_prompts: int | None) -> list[tuple[str, bool, list[Scenario]]]:
     """Sessions in order: each server with prefix caching on, then (for shared_prefix) with it off."""
     chosen = [s for s in SCENARIOS if only is None or s.name in only]
@@ -230,7 +272,9 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="ours,vllm", help="comma-separated, in order: ours, vllm")
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                        help="comma-separated, in order: " + ", ".join(DEFAULT_SERVERS)
+                        + " (and ours-process: ours with ENGINE_CORE=process)")
     parser.add_argument("--only", help="comma-separated scenario names: " + ", ".join(s.name for s in SCENARIOS))
     parser.add_argument("--num-prompts", type=int, help="override every scenario's number of requests (quick runs)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -238,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT_S, help="seconds before a run is abandoned")
     args = parser.parse_args(argv)
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = [name for name in servers if name not in SERVERS]
+    known = [*DEFAULT_SERVERS, "ours-process"]
+    unknown = [name for name in servers if name not in known]
     if unknown:
-        parser.error(f"unknown server(s) {unknown}; choose from {sorted(SERVERS)}")
+        parser.error(f"unknown server(s) {unknown}; choose from {known}")
     only = {name.strip() for name in args.only.split(",")} if args.only else None
     sessions = plan(servers, only, args.num_prompts)
     if not any(scenarios for _, _, scenarios in sessions):
@@ -268,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     results, server_settings = {}, {}
     for name, caching, scenarios in sessions:
         label = name + ("" if caching else report.NO_CACHE)
+        if name == report.OFFLINE:
+            server_settings[label], results[label] = run_offline_session(
+                caching, scenarios, args.model_dir, work_dir, progress, args.run_timeout)
+            continue
         server_settings[label], results[label] = run_session(
             SERVERS[name], caching, scenarios, args.model_dir, work_dir, log, progress, args.run_timeout,
             progress_bar=sys.stderr.isatty())
@@ -281,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_version": client.vllm_version(),
         "model": MODEL_NAME,
         "client_flags": list(CLIENT_FLAGS),
+        # The same for every server and the offline engine (engine_bridge/cpu_tuning.py).
+        "ld_preload": TUNED_ENV.get("LD_PRELOAD"),
         "servers": server_settings,
         "scenarios": [asdict(s) for s in chosen.values()],
         "results": results,
-        "ratios": {run: report.ratios(results.get(report.OURS, {}).get(run), results.get(report.THEIRS, {}).get(run))
-                   for run in chosen},
+        "ratios": report.all_ratios(results, chosen),
         "targets": report.targets(results, server_settings),
         "wall_time_s": round(time.monotonic() - started, 1),
     }

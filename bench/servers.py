@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from engine_bridge.cpu_tuning import preload_env
 from engine_bridge.default_model import DEFAULT_MODEL_NAME as MODEL_NAME
 from engine_bridge.default_model import default_model_dir
 
@@ -21,6 +22,9 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 300
 # The environment as it was before vLLM's client ran in this process (its CLI sets variables).
 BASE_ENV = dict(os.environ)
+# Every server and the offline engine get the same CPU tuning as `make serve`: tcmalloc and Intel
+# OpenMP preloaded when installed (CPU_PRELOAD=off for none).
+TUNED_ENV = preload_env(BASE_ENV)
 
 
 def free_port() -> int:
@@ -50,7 +54,7 @@ class Server:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return dict(BASE_ENV)
+        return dict(TUNED_ENV)
 
     def settings(self) -> dict:
         """What the result file records about how this server ran."""
@@ -147,16 +151,17 @@ class OurServer(Server):
 
     name = "ours"
     label = "this server (gunicorn + gevent + Flask)"
+    engine_core = "inprocess"
 
     def command(self) -> list[str]:
         return [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
 
     def env(self) -> dict[str, str]:
-        return {**BASE_ENV, "HOST": HOST, "PORT": str(self.port), "MODEL": str(self.model_dir),
+        return {**TUNED_ENV, "HOST": HOST, "PORT": str(self.port), "MODEL": str(self.model_dir),
                 "SERVED_MODEL_NAME": MODEL_NAME, "DTYPE": "float32", "KV_CACHE_GB": "1",
                 "ENFORCE_EAGER": "true", "ENGINE_SEED": "0",
                 "ENABLE_PREFIX_CACHING": "true" if self.prefix_caching else "false",
-                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "VLLM_CPU_KVCACHE_SPACE": "1", "ENGINE_CORE": self.engine_core,
                 # No keep-alive comments: vLLM's client strips each network read before splitting
                 # events, so a lone ": keep-alive\n\n" glues itself to every later event and the
                 # request looks empty. vLLM's server never sends them, so its runs never hit this.
@@ -165,7 +170,19 @@ class OurServer(Server):
     def settings(self) -> dict:
         return {"command": "gunicorn -c gunicorn.conf.py wsgi:app", "dtype": "float32", "enforce_eager": True,
                 "kv_cache_gib": 1, "seed": 0, "prefix_caching": self.prefix_caching,
-                "engine_core": "in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0, LLMEngine in one OS thread)"}
+                "engine_core": "in-process (ENGINE_CORE=inprocess, LLMEngine in one OS thread)"}
+
+
+class OurProcessServer(OurServer):
+    """This project's server with vLLM's engine core in a process of its own (ENGINE_CORE=process)."""
+
+    name = "ours-process"
+    label = "this server, engine core in its own process"
+    engine_core = "process"
+
+    def settings(self) -> dict:
+        return {**super().settings(), "command": "ENGINE_CORE=process gunicorn -c gunicorn.conf.py wsgi:app",
+                "engine_core": "separate process (ENGINE_CORE=process: vLLM's multiprocessing client)"}
 
 
 class VllmServer(Server):
@@ -182,7 +199,7 @@ class VllmServer(Server):
                 "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching"]
 
     def env(self) -> dict[str, str]:
-        env = {**BASE_ENV, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {**TUNED_ENV, "VLLM_CPU_KVCACHE_SPACE": "1"}
         # Its default engine core: a separate process (AsyncLLM's multiprocess client).
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         return env
@@ -194,4 +211,18 @@ class VllmServer(Server):
                 "engine_core": "separate process (vLLM's default: VLLM_ENABLE_V1_MULTIPROCESSING=1)"}
 
 
-SERVERS = {cls.name: cls for cls in (OurServer, VllmServer)}
+class VllmInprocessServer(VllmServer):
+    """vLLM's own OpenAI server with its engine core in its API process, as this server runs it."""
+
+    name = "vllm-inproc"
+    label = "vLLM's OpenAI server, engine core in-process"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+    def settings(self) -> dict:
+        return {**super().settings(), "command": "VLLM_ENABLE_V1_MULTIPROCESSING=0 " + super().settings()["command"],
+                "engine_core": "in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as ours"}
+
+
+SERVERS = {cls.name: cls for cls in (OurServer, OurProcessServer, VllmServer, VllmInprocessServer)}

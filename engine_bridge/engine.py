@@ -124,15 +124,78 @@ def load_adapters(engine, settings: EngineSettings) -> None:
     for index, (name, path) in enumerate(settings.lora_modules):
         engine.add_lora(lora_request(name, index, path))
         log.info("LoRA adapter %s loaded from %s", name, path)
+def engine_core_in_process(setting: str, cuda: bool) -> bool:
+    """Whether vLLM's engine core runs in this process, for ENGINE_CORE's setting on this device.
+
+    On a GPU its own process pays: scheduling and the GPU work go on while this process's one
+    interpreter lock serves HTTP, JSON and detokenizing. On CPU the cores are the bottleneck
+    and a second process only adds copies and hand-offs (docs/engine-notes.md has the numbers).
+    """
+    if setting == "auto":
+        return not cuda
+    return setting == "inprocess"
+
+
+# How often the engine core process checks that the worker that started it is still there.
+PARENT_CHECK_SECONDS = 0.5
+# After the worker is gone: the engine core gets SIGTERM (vLLM's own clean shutdown), and is
+# ended outright this much later if it is still there.
+ORPHAN_GRACE_SECONDS = 5.0
+
+
+def _run_engine_core_tied_to_parent(*args, **kwargs):
+    """vLLM's EngineCoreProc.run_engine_core, ending itself once the process that started it is gone.
+
+    vLLM's engine core process has no way to notice that its client died without shutting it
+    down (kill -9 of the gunicorn worker, an OOM kill): it would live on as an orphan holding the
+    model's memory, and its own workers with it (they watch the core, not the client). Runs in
+    the engine core process: a thread watches the parent pid. Not PR_SET_PDEATHSIG: the core is
+    forked from the thread that builds the engine, and that signal fires when that thread ends.
+    """
+    import signal
+    import threading
+
+    from vllm.v1.engine.core import EngineCoreProc
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="engine-core-parent-watch", daemon=True).start()
+    return _original_run_engine_core(EngineCoreProc)(*args, **kwargs)
+
+
+def _original_run_engine_core(cls):
+    return getattr(cls, "_engine_bridge_original_run_engine_core", cls.run_engine_core)
+
+
+def _tie_engine_core_to_this_process() -> None:
+    """Make vLLM start its engine core through _run_engine_core_tied_to_parent (once per process)."""
+    from vllm.v1.engine.core import EngineCoreProc
+
+    if not hasattr(EngineCoreProc, "_engine_bridge_original_run_engine_core"):
+        EngineCoreProc._engine_bridge_original_run_engine_core = EngineCoreProc.run_engine_core
+        EngineCoreProc.run_engine_core = staticmethod(_run_engine_core_tied_to_parent)
 
 
 def build_engine(settings: EngineSettings):
     """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
-    # The engine core runs in this process: with the multiprocess core, a gevent-patched
-    # client hung waiting for it, and the in-process core was faster (docs/engine-notes.md).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # GiB of KV cache on CPU; vLLM otherwise tries to reserve most of the machine and fails.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gb))
+    from vllm.platforms import current_platform
+
+    # ENGINE_CORE decides, before vLLM reads the variable when the engine is built. The engine
+    # is built before gevent patches the worker (post_fork), so the core process and the
+    # client's threads start unpatched (docs/engine-notes.md).
+    in_process = engine_core_in_process(settings.engine_core, current_platform.is_cuda_alike())
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    if not in_process:
+        _tie_engine_core_to_this_process()
 
     import tqdm
     from vllm import EngineArgs, LLMEngine
@@ -150,6 +213,7 @@ def build_engine(settings: EngineSettings):
     arguments = engine_arguments(settings, platform)
     # What the engine is built with, platform defaults resolved: one line to check a deployment by.
     shown = {name: value for name, value in arguments.items() if name != "served_model_name"}
+    shown["engine_core"] = "inprocess" if in_process else "process"
     log.info("loading the engine on %s: %s", platform, " ".join(f"{k}={v}" for k, v in shown.items()),
              extra={"fields": {"event": "engine_settings", "platform": platform, **shown}})
     args = EngineArgs(

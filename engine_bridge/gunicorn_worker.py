@@ -19,6 +19,7 @@ Life cycle (docs/engine-notes.md tells why each step is where it is):
 """
 
 import _socket
+import gc
 import logging
 import mmap
 import os
@@ -74,6 +75,18 @@ def require_one_worker(workers: int) -> None:
         "one on the same device halves the memory for batching or fails to load. To use more devices, "
         "shard one model with TENSOR_PARALLEL_SIZE, or run one server per GPU "
         "(CUDA_VISIBLE_DEVICES=N PORT=800N) behind nginx (see the README).")
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive now (engine, Flask app, imported modules) out of the collector's sight.
+
+    As vLLM's own server does once it has started (vllm.utils.gc_utils.freeze_gc_heap): a full
+    collection otherwise walks millions of start-up objects that never die, a pause every stream
+    in the worker feels as one late token. vLLM's engine core froze its own start-up heap in
+    post_fork, but Flask and the app were imported after that.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class _SharedCounter:
@@ -222,6 +235,7 @@ class EngineGeventWorker(GeventWorker):
 
     def run(self):
         self._connections = set()
+        freeze_startup_heap()
         servers = self._start_servers()
         if self._responder is not None:
             self._responder.stop()  # it finishes the answers it is writing, then exits

@@ -38,6 +38,39 @@ def _env_float(name: str, default: float | None) -> float | None:
     return float(value) if value not in (None, "") else default
 
 
+ENGINE_CORE_CHOICES = ("auto", "inprocess", "process")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags of this machine's first CPU (empty where /proc/cpuinfo is not)."""
+    try:
+        with open(cpuinfo) as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_auto_dtype(flags: frozenset[str]) -> str:
+    """What DTYPE=auto means on a CPU with these flags: bfloat16 only where vLLM's bf16 path is native.
+
+    With AMX (amx_bf16), vLLM's CPU build runs bfloat16 on its AMX kernels (attention and
+    GEMMs). Elsewhere float32: with AVX-512 BF16 but no AMX, bf16 answered "What is the capital
+    of France?" with "L'Étoile, la Marseillaise, la femme, ..." (docs/engine-notes.md); on AVX2
+    there is no bf16 arithmetic at all and every bf16 GEMM is converted, far slower than float32.
+    """
+    return "bfloat16" if "amx_bf16" in flags else "float32"
+
+
+def _engine_core(value: str) -> str:
+    value = value.strip().lower().replace("-", "").replace("_", "")
+    if value not in ENGINE_CORE_CHOICES:
+        raise ValueError(f"ENGINE_CORE must be one of {', '.join(ENGINE_CORE_CHOICES)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PlatformDefaults:
     """What an unset setting means on one kind of device."""
@@ -48,15 +81,16 @@ class PlatformDefaults:
     enforce_eager: bool
 
 
-def platform_defaults(platform: str) -> PlatformDefaults:
+def platform_defaults(platform: str, flags: frozenset[str] | None = None) -> PlatformDefaults:
     """The defaults for vLLM's platform (its device_type: "cpu", "cuda", ...); the one place they are decided.
 
-    CPU: float32, because bf16 with eager execution gave wrong text there; eager, because
+    CPU: cpu_auto_dtype of the CPU's flags (this machine's when flags is None): bfloat16 with AMX,
+    float32 elsewhere, because bf16 without AMX gave wrong text or ran slower; eager, because
     torch.compile's warm-up added about 95 s to start-up and CPU has no CUDA graphs to gain.
     A GPU: the model's own dtype, and CUDA graphs on (eager off), which decode needs for speed.
     """
     if platform == "cpu":
-        return PlatformDefaults(dtype="float32", enforce_eager=True)
+        return PlatformDefaults(dtype=cpu_auto_dtype(cpu_flags() if flags is None else flags), enforce_eager=True)
     return PlatformDefaults(dtype="auto", enforce_eager=False)
 
 
@@ -66,7 +100,8 @@ class EngineSettings:
 
     model: str = field(default_factory=lambda: str(default_model_dir()))
     served_model_name: str = DEFAULT_MODEL_NAME
-    # "auto" means the platform's default (platform_defaults): float32 on CPU, the model's own on GPU.
+    # "auto" means the platform's default (platform_defaults): on CPU cpu_auto_dtype (bfloat16 with
+    # AMX, float32 elsewhere), on GPU the model's own.
     dtype: str = "auto"
     max_model_len: int | None = None
     kv_cache_gb: int = 1
@@ -82,6 +117,9 @@ class EngineSettings:
     enforce_eager: bool | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
+    # Where vLLM's engine core runs: "inprocess" (in the engine thread), "process" (a process of
+    # its own, vLLM's multiprocessing client), or "auto": process with CUDA, in-process on CPU.
+    engine_core: str = "auto"
     # "module:function" building the engine from these settings instead of build_engine
     # (a wrapped or instrumented LLMEngine); unset for vLLM's own.
     engine_factory: str | None = None
@@ -124,6 +162,7 @@ class EngineSettings:
             max_lora_rank=_env_int("MAX_LORA_RANK", None),
             max_loras=_env_int("MAX_LORAS", None),
             tool_call_parser=os.environ.get("TOOL_CALL_PARSER") or "hermes",
+            engine_core=_engine_core(os.environ.get("ENGINE_CORE") or "auto"),
         )
 
 
@@ -147,3 +186,17 @@ class LifecycleSettings:
             load_attempts=max(1, _env_int("ENGINE_LOAD_ATTEMPTS", 3)),
             load_retry_seconds=_env_float("ENGINE_LOAD_RETRY_SECONDS", 5.0),
         )
+
+
+@dataclass(frozen=True)
+class CpuTuningSettings:
+    """How the server is started on a CPU host (engine_bridge/cpu_tuning.py); a variable per field (see README)."""
+
+    # Preload tcmalloc and Intel OpenMP (those installed) into the server, as vLLM's CPU guide asks.
+    preload: bool = True
+
+    @classmethod
+    def from_env(cls, env: "dict[str, str] | None" = None) -> "CpuTuningSettings":
+        """Build settings from CPU_PRELOAD (on by default; "off" or "0" turns it off)."""
+        value = (os.environ if env is None else env).get("CPU_PRELOAD", "").strip().lower()
+        return cls(preload=value not in ("0", "off", "false", "no"))

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from deploy.cluster import UPSTREAM, write_nginx_config
+from engine_bridge.cpu_tuning import preload_libraries
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ROOT, ServerProcess, _die_with_parent, free_port
 
@@ -75,7 +76,8 @@ class Nginx:
 def deployed(tmp_path_factory):
     """(server, nginx): the unit's command and environment, behind nginx."""
     env, command, cwd = read_unit(UNIT)
-    assert env["TRUSTED_PROXY_COUNT"] == "1" and command[1:] == ["-c", "gunicorn.conf.py", "wsgi:app"]
+    assert env["TRUSTED_PROXY_COUNT"] == "1" and command[1:3] == ["-m", "engine_bridge.cpu_tuning"]
+    assert command[3:] == [f"{INSTALL_DIR}/.venv/bin/gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     # As installed, with this checkout in place of /opt/vllm-flask-server and a state folder of
     # its own for HOME; HOST and PORT are the test's (as a drop-in override would set them).
     command = [part.replace(INSTALL_DIR, str(ROOT)) for part in command]
@@ -196,3 +198,15 @@ def test_the_cluster_config_has_one_upstream_line_per_replica(tmp_path):
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+def test_the_unit_preloads_tcmalloc_and_intel_openmp_into_the_worker(deployed):
+    server, _ = deployed
+    # What the launcher finds here: Debian's tcmalloc (make test installs it) and the venv's libiomp5.
+    libraries = preload_libraries(prefix=str(ROOT / ".venv"))
+    assert [Path(lib).name for lib in libraries] == ["libtcmalloc_minimal.so.4", "libiomp5.so"]
+    [worker] = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log_path.read_text())]
+    mapped = {line.split()[-1] for line in Path(f"/proc/{worker}/maps").read_text().splitlines()
+              if len(line.split()) >= 6}
+    for library in libraries:
+        assert os.path.realpath(library) in mapped, library
+    # vLLM's own check of the preload (its CPU worker warns when either is missing) stays quiet.
+    assert "not found in LD_PRELOAD" not in server.log_path.read_text()
