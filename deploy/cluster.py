@@ -153,7 +153,9 @@ class Replica:
 
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                # Through the preload launcher, as `make serve` and the units start the server.
+                [sys.executable, "-m", "engine_bridge.cpu_tuning", sys.executable, "-m", "gunicorn",
+                 "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=prepare_child)
         return self

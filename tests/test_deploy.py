@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,15 +174,16 @@ def test_the_template_unit_serves_gpu_n_on_port_8000_plus_n(tmp_path):
         {k: v for k, v in single_env.items() if k != "PORT"}
     # What systemd hands the shell for instance 3: %i is the instance, $$ a literal $.
     command = [part.replace("%i", "3").replace("$$", "$") for part in command]
-    gunicorn = f"{INSTALL_DIR}/.venv/bin/gunicorn"
-    assert gunicorn in command[-1] and single_command[0] == gunicorn
+    # The same launcher (preloads) and gunicorn command as the single unit's.
+    assert command[-1].endswith(" " + shlex.join(single_command))
+    gunicorn, python = f"{INSTALL_DIR}/.venv/bin/gunicorn", f"{INSTALL_DIR}/.venv/bin/python"
     fake = tmp_path / "gunicorn"
     fake.write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $PORT $HOST $*"\n')
     fake.chmod(0o755)
-    command[-1] = command[-1].replace(gunicorn, str(fake))
+    command[-1] = command[-1].replace(gunicorn, str(fake)).replace(python, sys.executable)
     shown = subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
-                           check=True).stdout.split()
-    assert shown == ["3", "8003", "127.0.0.1", *single_command[1:]]
+                           check=True, cwd=ROOT).stdout.split()
+    assert shown == ["3", "8003", "127.0.0.1", *single_command[4:]]
     # The upstream file lists instances 0 and 1 at the same addresses.
     assert re.findall(r"server 127\.0\.0\.1:(\d+)", UPSTREAM.read_text()) == ["8000", "8001"]
 
