@@ -78,3 +78,18 @@ def test_a_streamed_chat_reports_it_in_its_usage_chunk(client):
     chunks = list(client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=messages, max_tokens=3,
                                                  stream=True, stream_options={"include_usage": True}))
     assert_prefix_hit(chunks[-1].usage)
+
+
+def test_responses_report_it_as_input_tokens_details_streamed_and_not(client):
+    text = unique_prefix() + LONG_TEXT + " What is 11 squared?"
+    first = client.responses.create(model=DEFAULT_MODEL_NAME, input=text, max_output_tokens=3, temperature=0,
+                                    store=False).usage
+    assert first.input_tokens > 3 * CPU_BLOCK_SIZE
+    assert first.input_tokens_details.cached_tokens == 0
+    events = list(client.responses.create(model=DEFAULT_MODEL_NAME, input=text, max_output_tokens=3,
+                                          temperature=0, store=False, stream=True))
+    usage = events[-1].response.usage
+    cached_tokens = usage.input_tokens_details.cached_tokens
+    assert usage.input_tokens == first.input_tokens
+    assert 0 < cached_tokens < usage.input_tokens and cached_tokens % CPU_BLOCK_SIZE == 0
+    assert usage.input_tokens - cached_tokens <= CPU_BLOCK_SIZE
