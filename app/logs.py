@@ -13,6 +13,9 @@ from datetime import datetime, timezone
 
 FORMATS = ("auto", "json", "text")
 
+# Unicode line breaks that JSON strings may hold raw, written as escapes instead.
+_LINE_BREAKS_ESCAPED = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; a record's `fields` extra becomes top-level keys."""
@@ -31,7 +34,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # JSON leaves these three unescaped, but Python's splitlines() and many log shippers end a
+        # line at them: a client's path or header holding one would split the record in two.
+        return json.dumps(entry, default=str, ensure_ascii=False).translate(_LINE_BREAKS_ESCAPED)
 
 
 class TextFormatter(logging.Formatter):

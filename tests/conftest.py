@@ -130,7 +130,7 @@ class ServerProcess:
     def log_records(self) -> list[dict]:
         """The server's log lines that are JSON objects, parsed."""
         records = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in self.log_path.read_text(errors="replace").split("\n"):
             if line.startswith("{"):
                 records.append(json.loads(line))
         return records

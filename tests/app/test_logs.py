@@ -25,6 +25,17 @@ def test_json_lines_carry_the_fields_at_the_top_level():
     assert entry["time"].endswith("Z") and isinstance(entry["pid"], int)
 
 
+def test_a_client_path_with_unicode_line_breaks_stays_one_line():
+    # Schemathesis found it: a fuzzed path holding U+0085 split the request's record in two for
+    # every reader that ends lines at Unicode breaks (Python's splitlines among them).
+    path = "/v1/responses/a\x85b\u2028c\u2029d\n\u00e9"
+    line = logs.JsonFormatter().format(make_record("GET %s", (path,), fields={"path": path}))
+    assert len(line.splitlines()) == 1
+    entry = json.loads(line)
+    assert entry["message"] == "GET " + path and entry["path"] == path
+    assert "\u00e9" in line  # other characters stay readable
+
+
 def test_json_lines_keep_exceptions_on_one_line():
     try:
         raise ValueError("boom")
