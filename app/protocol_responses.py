@@ -32,28 +32,28 @@ _INPUT_MESSAGE = {"type": "object", "required": ["role", "content"], "properties
     "type": {"type": "string", "enum": ["message"]},
     "role": {"type": "string", "enum": list(INPUT_ROLES)},
     "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _INPUT_PART}]}}}
+_NON_EMPTY = {"type": "string", "minLength": 1}
 _FUNCTION_CALL_ITEM = {"type": "object", "required": ["type", "call_id", "name", "arguments"], "properties": {
-    "type": {"type": "string", "enum": ["function_call"]}, "call_id": {"type": "string"},
-    "name": {"type": "string"}, "arguments": {"type": "string"}, "id": {"type": "string"},
-    "status": {"type": "string"}}}
+    "type": {"type": "string", "enum": ["function_call"]}, "call_id": _NON_EMPTY, "name": _NON_EMPTY,
+    "arguments": {"type": "string"}, "id": {"type": "string"}, "status": {"type": "string"}}}
 _FUNCTION_CALL_OUTPUT_ITEM = {"type": "object", "required": ["type", "call_id", "output"], "properties": {
-    "type": {"type": "string", "enum": ["function_call_output"]}, "call_id": {"type": "string"},
-    "output": {"type": "string"}}}
+    "type": {"type": "string", "enum": ["function_call_output"]}, "call_id": _NON_EMPTY,
+    "output": {"oneOf": [{"type": "string"}, {"type": "array", "items": _INPUT_PART}]}}}
 
 
-def _message_text(content, path: list) -> str:
-    """A message's content as one string: a string, or its text parts joined."""
+def _message_text(content, path: list, key: str = "content") -> str:
+    """A message's content (or a call's output, key) as one string: a string, or its text parts joined."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise ValidationError(_nested(path + ["content"], "Must be a string or a list of input_text parts."))
+        raise ValidationError(_nested(path + [key], "Must be a string or a list of input_text parts."))
     texts = []
     for i, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") not in TEXT_PART_TYPES:
-            raise ValidationError(_nested(path + ["content", i, "type"],
+            raise ValidationError(_nested(path + [key, i, "type"],
                                           "Only input_text (and output_text) parts are supported."))
         if not isinstance(part.get("text"), str):
-            raise ValidationError(_nested(path + ["content", i, "text"], "Must be a string."))
+            raise ValidationError(_nested(path + [key, i, "text"], "Must be a string."))
         texts.append(part["text"])
     return "".join(texts)
 
@@ -115,6 +115,9 @@ def _string(item: dict, key: str, index: int) -> str:
 
 def _function_call(item: dict, index: int) -> dict:
     """A function_call item as a chat tool call."""
+    for optional in ("id", "status"):  # sent back from an output item; not used
+        if item.get(optional) is not None and not isinstance(item[optional], str):
+            raise ValidationError(_nested([index, optional], "Must be a string."))
     arguments = item.get("arguments")
     if not isinstance(arguments, str):
         raise ValidationError(_nested([index, "arguments"], "Must be a string (the arguments as JSON text)."))
@@ -133,11 +136,9 @@ def _append_call(messages: list[dict], call: dict) -> None:
 
 def _output_text(output, index: int) -> str:
     """A function_call_output's output: a string, or input_text parts joined."""
-    if isinstance(output, str):
-        return output
-    if isinstance(output, list):
-        return _message_text(output, [index])
-    raise ValidationError(_nested([index, "output"], "Must be a string or a list of input_text parts."))
+    if output is None:
+        raise ValidationError(_nested([index, "output"], "Must be a string or a list of input_text parts."))
+    return _message_text(output, [index], "output")
 
 
 def chat_tools(tools: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""/v1/responses edge cases on the stand-in engine: the stores (memory and a real Redis), roles, stream errors, tools."""
+"""/v1/responses edge cases on the stand-in engine: stores (memory and a real Redis), roles, stream errors, tools."""
 
 import json
 import time
@@ -82,7 +82,9 @@ def test_an_engine_failure_mid_stream_ends_with_an_error_event(make_client):
 @pytest.mark.parametrize("item, param", [
     ({"type": "file_search_call", "id": "fs_1"}, "input[0].type"),
     ({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": {}}, "input[0].arguments"),
+    ({"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}", "status": 1}, "input[0].status"),
     ({"type": "function_call_output", "output": "1"}, "input[0].call_id"),
+    ({"type": "function_call_output", "call_id": "call_1", "output": [{"type": "x"}]}, "input[0].output[0].type"),
     ({"type": "function_call_output", "call_id": "call_1", "output": "1"}, "input"),
     ({"role": "user"}, "input[0].content"),
     ({"role": "user", "content": [{"type": "input_text"}]}, "input[0].content[0].text"),
