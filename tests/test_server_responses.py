@@ -156,7 +156,7 @@ def test_json_schema_output_parses_and_validates(client):
     ({"input": "hi", "max_output_tokens": 100000}, 400, "max_output_tokens"),
     ({"input": "hi", "temperature": 3}, 400, "temperature"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, 400, "text.format.schema"),
-    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, 400, "tools"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "no spaces", "parameters": {}}]}, 400, "tools[0].name"),
     ({"input": "hi", "previous_response_id": "resp_unknown"}, 404, "previous_response_id"),
     ({"input": "hi", "model": "no-such-model"}, 404, "model"),
 ])
@@ -167,11 +167,63 @@ def test_bad_requests_get_the_envelope_naming_the_field(server, body, status, pa
     assert error["param"] == param and error["message"]
 
 
-def test_tools_are_refused_through_the_sdk_until_supported(client):
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.responses.create(model=DEFAULT_MODEL_NAME, input="What is the weather?", tools=[
-            {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {}}}])
-    assert "not supported" in raised.value.message
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 30},
+                   "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
+           "parameters": WEATHER_PARAMETERS}
+WEATHER_QUESTION = "What is the weather like in Paris today?"
+NAMED = {"type": "function", "name": "get_weather"}
+
+
+def call_weather(client, **kwargs):
+    return client.responses.create(model=DEFAULT_MODEL_NAME, input=WEATHER_QUESTION, tools=[WEATHER],
+                                   temperature=0, max_output_tokens=60, **kwargs)
+
+
+@pytest.mark.parametrize("tool_choice", [NAMED, "required"], ids=["named", "required"])
+def test_a_forced_call_is_a_function_call_matching_its_schema(client, tool_choice):
+    response = call_weather(client, tool_choice=tool_choice, parallel_tool_calls=False)
+    assert response.status == "completed"
+    [call] = response.output
+    assert call.type == "function_call" and call.status == "completed" and call.name == "get_weather"
+    assert call.id.startswith("fc_") and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMETERS)
+    assert response.tools[0].name == "get_weather"
+
+
+def test_a_round_trip_call_output_answer(client):
+    first = call_weather(client, tool_choice=NAMED)
+    [call] = first.output
+    answer = client.responses.create(
+        model=DEFAULT_MODEL_NAME, previous_response_id=first.id, tools=[WEATHER], temperature=0,
+        max_output_tokens=30, input=[{"type": "function_call_output", "call_id": call.call_id,
+                                      "output": json.dumps({"temperature": 18, "unit": "celsius", "sky": "clear"})}])
+    assert [item.type for item in answer.output] == ["message"] and answer.output_text
+    # The stored call and its output reached the model, on top of the first prompt.
+    assert answer.usage.input_tokens > first.usage.input_tokens + 20
+
+
+def test_streamed_argument_deltas_add_up_to_the_call_made_without_streaming(client):
+    whole = call_weather(client, tool_choice=NAMED)
+    events = list(call_weather(client, tool_choice=NAMED, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.completed"]
+    # Only the call's item: no message item for a forced call.
+    assert set(kinds[3:-3]) == {"response.function_call_arguments.delta"}
+    opened = events[2].item
+    assert opened.type == "function_call" and opened.name == "get_weather" and opened.arguments == ""
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert {(e.item_id, e.output_index) for e in deltas} == {(opened.id, 0)}
+    arguments = "".join(e.delta for e in deltas)
+    assert arguments == events[-3].arguments == events[-1].response.output[0].arguments
+    assert json.loads(arguments) == json.loads(whole.output[0].arguments)
 
 
 def test_a_stream_whose_client_leaves_is_aborted(server):
