@@ -1,52 +1,23 @@
 """The response cache in Redis, shared by two replicas; and a Redis that goes away."""
 
 import json
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 
 import pytest
 import requests
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
-from tests.conftest import ServerProcess, _die_with_parent, free_port
+from tests.conftest import ServerProcess
 from tests.stand_in import DEFAULT_ANSWER
 
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def redis_server():
-    """A real redis-server on a loopback port: (process, URL)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail("redis-server did not start")
-    yield process, f"redis://127.0.0.1:{port}/0"
-    if process.poll() is None:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
 def replicas(redis_server):
     """Two replicas sharing one Redis: the real engine, and one whose stand-in engine never answers
     as the model does (started together, each loads while the other does)."""
-    _, url = redis_server
+    url = redis_server.url
     real = ServerProcess(env={"RESPONSE_CACHE": url}).launch()
     stand_in = ServerProcess(env={"RESPONSE_CACHE": url,
                                   "ENGINE_FACTORY": "tests.stand_in:stand_in_with_model_tokenizer"}).launch()
@@ -106,9 +77,7 @@ def test_a_stream_stored_by_one_replica_replays_on_the_other(replicas):
 
 def test_without_redis_requests_are_answered_as_misses(replicas, redis_server):
     real, _ = replicas
-    process, _ = redis_server
-    process.terminate()
-    process.wait(timeout=10)
+    redis_server.stop()
     body = chat_body()
     responses = [post(real, body) for _ in range(2)]
     assert [r.headers["X-Cache"] for r in responses] == ["miss", "miss"]
