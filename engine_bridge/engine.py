@@ -183,6 +183,34 @@ def _tie_engine_core_to_this_process() -> None:
         EngineCoreProc.run_engine_core = staticmethod(_run_engine_core_tied_to_parent)
 
 
+def _fail_steps_once_the_core_dies(engine) -> None:
+    """Make a step that waits on a dead engine core process raise EngineDeadError, not wait forever.
+
+    vLLM 0.32's synchronous multiprocessing client (LLMEngine's with its core in a process of its
+    own) notices a dead core in a monitor thread, marks it dead and shuts down the thread that
+    reads the core's outputs, but leaves get_output() blocked on that thread's queue: the engine
+    thread would hang in step() with its requests. Waking the queue with the error makes the
+    engine thread fail as with an in-process failure (every request gets an error, then the
+    worker exits and gunicorn starts a fresh one).
+    """
+    client = engine.engine_core
+    outputs = getattr(client, "outputs_queue", None)
+    if outputs is None:  # the in-process core
+        return
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    shutdown = client.shutdown
+
+    def shutdown_and_wake_the_engine_thread(*args, **kwargs):
+        try:
+            shutdown(*args, **kwargs)
+        finally:
+            if client.resources.engine_dead:
+                outputs.put_nowait(EngineDeadError())
+
+    client.shutdown = shutdown_and_wake_the_engine_thread
+
+
 def build_engine(settings: EngineSettings):
     """Construct the LLMEngine described by settings (seconds on CPU, minutes for big GPU models)."""
     # GiB of KV cache on CPU; vLLM otherwise tries to reserve most of the machine and fails.
@@ -230,6 +258,8 @@ def build_engine(settings: EngineSettings):
         # Unset MAX_NUM_SEQS / MAX_NUM_BATCHED_TOKENS take the defaults vLLM gives its own OpenAI
         # server, tuned per device (1024 / 8192 on an 80 GB H100), not the library's 128 / 2048.
         engine = LLMEngine.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+    if not in_process:
+        _fail_steps_once_the_core_dies(engine)
     load_adapters(engine, settings)
     log.info("engine loaded in %.1f s", time.monotonic() - started)
     return engine
