@@ -105,6 +105,8 @@ def run_scenario(llm, tokenizer, scenario: Scenario, prompts: list[tuple[str, in
     short = sum(1 for rid in ids_done if tokens.get(rid, 0) != expected)
     ttfts = [first_token[rid] for rid in ids_done if rid in first_token]
     e2el = [ended[rid] - added[rid] for rid in ids_done]
+    tpots = [(ended[rid] - added[rid] - first_token[rid]) / (tokens[rid] - 1)
+             for rid in ids_done if rid in first_token and tokens.get(rid, 0) > 1]
     completed = len(ids_done)
     prompt_tokens = sum(len(ids) for _, ids, _ in pending)
     return {
@@ -113,12 +115,14 @@ def run_scenario(llm, tokenizer, scenario: Scenario, prompts: list[tuple[str, in
         "ttft_p50_ms": percentile(ttfts, 50), "ttft_p99_ms": percentile(ttfts, 99),
         "itl_p50_ms": percentile(itls, 50) if expected > 1 else None,
         "itl_p99_ms": percentile(itls, 99) if expected > 1 else None,
+        "tpot_p99_ms": percentile(tpots, 99) if expected > 1 else None,
         "completed": completed, "failed": len(pending) - completed, "short": short,
         "errors": len(pending) - completed + short, "error_samples": [],
         "e2el_p50_ms": percentile(e2el, 50), "duration_s": duration,
         "mean_prompt_tokens": prompt_tokens / len(pending) if pending else None,
         "mean_output_tokens": total_out / completed if completed else None,
         "expected_output_tokens": expected, "peak_open_requests": min(scenario.concurrency, len(pending)),
+        "mean_events": None,  # no events: every step's tokens are counted as they come
         "valid": completed == len(pending) and short == 0,
         "process_cpu_s": cpu_s,
     }

@@ -10,6 +10,9 @@ METRICS = (
     ("ttft_p99_ms", "TTFT p99 ms", "p99_ttft_ms"),
     ("itl_p50_ms", "ITL p50 ms", "median_itl_ms"),
     ("itl_p99_ms", "ITL p99 ms", "p99_itl_ms"),
+    # Per request, (end - first token) / (tokens - 1): unlike ITL, the same however the tokens
+    # were grouped into events.
+    ("tpot_p99_ms", "TPOT p99 ms", "p99_tpot_ms"),
 )
 # Higher is better for these; lower for the rest.
 HIGHER_IS_BETTER = {"output_tok_s", "req_s"}
@@ -38,7 +41,8 @@ TARGETS = (
     *[(run, OFFLINE, "output_tok_s", ">=", 0.95) for run in CONCURRENCY_RUNS],
 )
 METRIC_TITLES = {"output_tok_s": "output throughput", "ttft_p50_ms": "median TTFT", "itl_p99_ms": "p99 ITL",
-                 "req_s": "request throughput", "ttft_p99_ms": "p99 TTFT", "itl_p50_ms": "median ITL"}
+                 "req_s": "request throughput", "ttft_p99_ms": "p99 TTFT", "itl_p50_ms": "median ITL",
+                 "tpot_p99_ms": "p99 TPOT"}
 
 
 def peak_open(starts: list[float], ends: list[float]) -> int:
@@ -61,7 +65,7 @@ def summarize(raw: dict, expected_output_tokens: int) -> dict:
     """
     summary = {key: raw.get(source) for key, _, source in METRICS}
     if expected_output_tokens <= 1:  # no second token, no inter-token latency
-        summary["itl_p50_ms"] = summary["itl_p99_ms"] = None
+        summary["itl_p50_ms"] = summary["itl_p99_ms"] = summary["tpot_p99_ms"] = None
     completed = raw.get("completed", 0)
     num_prompts = raw.get("num_prompts", completed + raw.get("failed", 0))
     per_request_errors = raw.get("errors") or []
@@ -71,6 +75,9 @@ def summarize(raw: dict, expected_output_tokens: int) -> dict:
     mean_output = raw["total_output_tokens"] / completed if completed else None
     starts = [raw["start_times"][i] for i in ok]
     ends = [raw["start_times"][i] + raw["latencies"][i] for i in ok]
+    # The client times events, not tokens: one event per chunk with choices (the first is TTFT).
+    itls = raw.get("itls")
+    events = [len(itls[i]) + 1 for i in ok] if itls else []
     summary.update(
         completed=completed,
         failed=num_prompts - completed,
@@ -83,6 +90,7 @@ def summarize(raw: dict, expected_output_tokens: int) -> dict:
         mean_output_tokens=mean_output,
         expected_output_tokens=expected_output_tokens,
         peak_open_requests=peak_open(starts, ends) if starts else 0,
+        mean_events=sum(events) / len(events) if events else None,
         # Comparable only if every request produced what was asked for.
         valid=bool(completed) and (short == 0 if short is not None else mean_output == expected_output_tokens),
     )
@@ -154,7 +162,7 @@ def _server_rows(label: str, run: str, results: dict) -> list[str]:
         note = "" if summary["valid"] else f" (got {_fmt(summary['mean_output_tokens'])} tokens/request)"
         if summary.get("short"):
             note = f" ({summary['short']} ended early; {_fmt(summary['mean_output_tokens'])} tokens/request)"
-        cells = [_fmt(summary[key]) for key, _, _ in METRICS]
+        cells = [_fmt(summary.get(key)) for key, _, _ in METRICS]  # older result files lack TPOT
         rows.append(f"| {label} | {SERVER_TITLES[name]} | " + " | ".join(cells)
                     + f" | {summary['errors']}{note} |")
     for anchor in ANCHORS:
@@ -165,6 +173,22 @@ def _server_rows(label: str, run: str, results: dict) -> list[str]:
         rows.append(f"| {label} | **{RATIO_TITLES[anchor]}** | "
                     + " | ".join(_fmt(r[key], 2) for key, _, _ in METRICS) + " | |")
     return rows
+
+
+def _grouped_tokens_note(results: dict) -> list[str]:
+    """Why ITL can differ between servers that stream the same tokens in different numbers of events."""
+    grouped = sorted({(name, run) for name, runs in results.items() for run, s in runs.items()
+                      if s.get("mean_events") and s["valid"] and s["expected_output_tokens"] > 1
+                      and s["mean_events"] < s["expected_output_tokens"]})
+    if not grouped:
+        return []
+    where = ", ".join(f"{name} {run}" for name, run in grouped)
+    return ["", f"**Note:** fewer events than tokens per request in {where}. A token with no text of its own "
+                "(a special token the model produces under `--ignore-eos`, such as `<|im_end|>`, or the first "
+                "bytes of a character) goes out with the next token's text, as OpenAI's API does, where "
+                "vLLM's server sends an empty chunk for each token. vLLM's client takes one inter-token "
+                "latency per event, so each grouped token shows as one longer ITL; TPOT (per request, time "
+                "per output token after the first) does not depend on how tokens are grouped."]
 
 
 def markdown(report: dict) -> str:
@@ -198,6 +222,7 @@ def markdown(report: dict) -> str:
                       f"{probe['first_chunk_ms']} ms but its first token after {probe['first_text_ms']} ms. vLLM's "
                       "client takes TTFT at the first chunk, so its TTFT below is the time to that empty chunk "
                       "and its first inter-token latency holds the prefill; TTFT targets are not comparable."]
+    lines += _grouped_tokens_note(results)
     lines += ["", "## Targets (same run; anchors: vLLM's server with its engine core in-process, and the "
                   "offline engine)", "",
               "| target | measured | met |", "| --- | --- | --- |"]

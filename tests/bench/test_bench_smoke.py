@@ -138,6 +138,7 @@ def test_the_offline_engine_runs_the_prompts_the_client_sends(client_run, tmp_pa
     assert summary["output_tok_s"] > 0
     assert 0 < summary["ttft_p50_ms"] <= summary["ttft_p99_ms"] <= summary["e2el_p50_ms"] * 2
     assert 0 < summary["itl_p50_ms"] <= summary["itl_p99_ms"]
+    assert 0 < summary["tpot_p99_ms"] <= summary["e2el_p50_ms"] * 2
 
 
 def test_vllm_in_process_anchor_differs_from_vllm_only_in_its_engine_core(tmp_path):
@@ -155,7 +156,7 @@ def test_vllm_in_process_anchor_differs_from_vllm_only_in_its_engine_core(tmp_pa
 
 def run_summary(tok_s: float, ttft: float, errors: int = 0, tokens: float = 64.0, expected: int = 64) -> dict:
     return {"output_tok_s": tok_s, "req_s": tok_s / 64, "ttft_p50_ms": ttft, "ttft_p99_ms": ttft * 2,
-            "itl_p50_ms": 50.0, "itl_p99_ms": 120.0, "completed": 10 - errors, "failed": errors, "short": 0,
+            "itl_p50_ms": 50.0, "itl_p99_ms": 120.0, "tpot_p99_ms": 60.0, "completed": 10 - errors, "failed": errors, "short": 0,
             "errors": errors, "error_samples": ["ClientConnectorError: refused"] if errors else [],
             "e2el_p50_ms": ttft + 3000, "duration_s": 10.0,
             "mean_prompt_tokens": 158.0, "mean_output_tokens": tokens, "expected_output_tokens": expected,
@@ -221,12 +222,13 @@ def test_markdown_has_every_anchor_the_tables_and_the_problems(sample_report):
     sample_report["load_average_before"] = [7.5, 6.0, 5.0]
     text = report.markdown(sample_report)
     assert "Load average (1, 5, 15 min) before: [7.5, 6.0, 5.0]" in text
-    assert "| c1 | ours | 120.0 | 1.9 | 500.0 | 1,000.0 | 50.0 | 120.0 | 0 |" in text
+    assert "| c1 | ours | 120.0 | 1.9 | 500.0 | 1,000.0 | 50.0 | 120.0 | 60.0 | 0 |" in text
     assert "| c1 | vLLM in-process | 100.0 |" in text and "| c1 | offline LLM | 150.0 |" in text
-    assert "| c1 | **ours/vLLM** | 1.20 | 1.20 | 0.50 | 0.50 | 1.00 | 1.00 | |" in text
+    assert "| c1 | **ours/vLLM** | 1.20 | 1.20 | 0.50 | 0.50 | 1.00 | 1.00 | 1.00 | |" in text
     assert "| c1 | **ours/vLLM in-process** | 1.20 |" in text
     assert "| c1 | **ours/offline (server efficiency)** | 0.80 |" in text
-    assert "| c64 | ours | 130.0 | 2.0 | 900.0 | 1,800.0 | 50.0 | 120.0 | 0 (got 16.0 tokens/request) |" in text
+    assert "| c64 | ours | 130.0 | 2.0 | 900.0 | 1,800.0 | 50.0 | 120.0 | 60.0 | 0 (got 16.0 tokens/request) |" in text
+    assert "fewer events than tokens" not in text
     assert "## By prompt length (concurrency 16)" in text
     assert "| 4096 | **ours/vLLM** |" in text
     assert "| vLLM | off | 4,000.0 | 8,000.0 | 7,000.0 | 10.0 | 0 |" in text
@@ -234,6 +236,15 @@ def test_markdown_has_every_anchor_the_tables_and_the_problems(sample_report):
     assert "- ours streams100: 3 failed, 0 ended before their 32 tokens" in text
     assert "| output throughput ours/vLLM in-process at c16 >= 1.3 | 0.90 | no |" in text
     assert "| output throughput ours/offline (server efficiency) at c1 >= 0.95 | 0.80 | no |" in text
+
+
+def test_tokens_grouped_into_fewer_events_are_explained(sample_report):
+    # 64 tokens in 60 events (four special tokens sent with the next token's text) at c1.
+    sample_report["results"]["ours"]["c1"]["mean_events"] = 60.0
+    sample_report["results"]["vllm"]["c1"]["mean_events"] = 64.0
+    text = report.markdown(sample_report)
+    assert "**Note:** fewer events than tokens per request in ours c1." in text
+    assert "TPOT" in text
 
 
 def test_chart_is_a_png(sample_report, tmp_path):
@@ -248,8 +259,11 @@ def test_summarize_reads_vllm_bench_result_fields():
            "p99_itl_ms": 40.0, "median_e2el_ms": 900.0, "total_input_tokens": 300, "total_output_tokens": 192,
            "errors": ["", "", "", "Traceback ...\naiohttp.ClientPayloadError: Response payload is not completed"],
            "output_lens": [64, 64, 64, 0], "start_times": [0.0, 0.1, 1.05, 0.3], "latencies": [1.0, 1.0, 0.03, 0.0],
-           "ttfts": [0.1, 0.1, 0.1, 0.0]}
+           "ttfts": [0.1, 0.1, 0.1, 0.0], "p99_tpot_ms": 15.0,
+           "itls": [[0.01] * 63, [0.01] * 60, [0.01] * 63, []]}
     summary = report.summarize(raw, expected_output_tokens=64)
+    assert summary["tpot_p99_ms"] == 15.0
+    assert summary["mean_events"] == 63.0  # (64 + 61 + 64) / 3: the failed request does not count
     assert summary["output_tok_s"] == 96.0 and summary["ttft_p99_ms"] == 80.0 and summary["itl_p50_ms"] == 12.0
     assert summary["e2el_p50_ms"] == 900.0
     assert summary["failed"] == 1 and summary["short"] == 0 and summary["errors"] == 1 and summary["valid"]
