@@ -319,6 +319,26 @@ class OpenAIServing:
             "usage": call.usage(),
         }
 
+    def updates(self, stream: GenerationStream, call: Call) -> Iterator[GenerationUpdate | None]:
+        """The stream's updates as they come, and None whenever a keep-alive comment is due.
+
+        Waiting for the next update (queued, or a long prefill), a client that left is noticed
+        here, not only at the next write: the iteration then ends early with call.record.aborted.
+        """
+        quiet_since = time.monotonic()
+        while not stream.finished:
+            update = stream.next_update(timeout=min(self.keepalive_seconds, CLIENT_CHECK_SECONDS))
+            if update is None:
+                if call.client_gone():
+                    call.record.aborted = True
+                    return
+                if time.monotonic() - quiet_since >= self.keepalive_seconds:
+                    quiet_since = time.monotonic()
+                    yield None
+                continue
+            quiet_since = time.monotonic()
+            yield update
+
     def _stream(self, stream: GenerationStream, call: Call) -> Iterator[str]:
         header = {**call.header, "object": self.chunk_object_name}
         stream_options = call.req.get("stream_options") or {}
@@ -331,20 +351,10 @@ class OpenAIServing:
 
         try:
             opened = False
-            quiet_since = time.monotonic()
-            while not stream.finished:
-                update = stream.next_update(timeout=min(self.keepalive_seconds, CLIENT_CHECK_SECONDS))
+            for update in self.updates(stream, call):
                 if update is None:
-                    # Nothing yet (queued, or a long prefill). A client that left is noticed here,
-                    # not only at the next write; one that waits hears a keep-alive comment.
-                    if call.client_gone():
-                        call.record.aborted = True
-                        return
-                    if time.monotonic() - quiet_since >= self.keepalive_seconds:
-                        quiet_since = time.monotonic()
-                        yield sse.KEEPALIVE
+                    yield sse.KEEPALIVE
                     continue
-                quiet_since = time.monotonic()
                 if not opened:
                     # With the first token, as vLLM's server does: a client's time to first
                     # chunk is then its real time to first token.
@@ -356,6 +366,8 @@ class OpenAIServing:
                     index = call.choice_index(update.prompt_index, delta.index)
                     for choice in self.stream_choices(call, index, update.prompt_index, delta):
                         yield chunk([choice])
+            if call.record.aborted:  # the client left: nobody reads the rest
+                return
             if include_usage:
                 yield sse.event({**header, "choices": [], "usage": call.usage()})
         except Exception as exc:

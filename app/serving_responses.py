@@ -7,14 +7,13 @@ continue the conversation with previous_response_id.
 """
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
 from app import protocol_responses, sse
 from app.errors import APIError, excerpt, to_api_error
-from app.serving import CLIENT_CHECK_SECONDS, Call, Choice, OpenAIServing, template_messages
+from app.serving import Call, Choice, OpenAIServing, template_messages
 from engine_bridge import GenerationStream, SamplingOptions
 
 # The chat template knows system, user and assistant; the Responses API's developer role is
@@ -258,18 +257,10 @@ class ResponsesServing(OpenAIServing):
         try:
             yield event("response.created", response=self._body(call, None, [], done=False))
             yield event("response.in_progress", response=self._body(call, None, [], done=False))
-            quiet_since = time.monotonic()
-            while not stream.finished:
-                update = stream.next_update(timeout=min(self.keepalive_seconds, CLIENT_CHECK_SECONDS))
+            for update in self.updates(stream, call):
                 if update is None:
-                    if call.client_gone():
-                        call.record.aborted = True
-                        return
-                    if time.monotonic() - quiet_since >= self.keepalive_seconds:
-                        quiet_since = time.monotonic()
-                        yield sse.KEEPALIVE
+                    yield sse.KEEPALIVE
                     continue
-                quiet_since = time.monotonic()
                 if parser is None and not items:
                     yield from open_message()
                 call.observe(update)
@@ -287,6 +278,8 @@ class ResponsesServing(OpenAIServing):
                                 yield from add_call_piece(piece)
                     if delta.finish_reason:
                         finish_reason = delta.finish_reason
+            if call.record.aborted:  # the client left: nobody reads the rest
+                return
             if not calls and "message" not in items:
                 # No call: the answer is a message, even an empty one (as without tools).
                 yield from open_message()
