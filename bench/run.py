@@ -42,7 +42,7 @@ class Scenario:
     seed: int = SEED
 
 
-# Prompt counts are sized so the whole `make bench` stays under 15 minutes on 2 cores.
+# Prompt counts are sized so each server's runs take about 8 minutes on 2 cores (35 for `make bench`).
 SCENARIOS = tuple(replace(s, seed=SEED + i) for i, s in enumerate((
     Scenario("c1", 128, 64, 1, 4),
     Scenario("c16", 128, 64, 16, 32),
