@@ -106,7 +106,7 @@ def test_the_engine_core_runs_in_a_child_of_the_worker_and_streams(process_core)
     assert stream.status_code == 200
     events = [line for line in stream.iter_lines() if line.startswith(b"data: ")]
     assert events[-1] == b"data: [DONE]"
-    assert len(events) >= 4  # the server may put several tokens in one event when the hub falls behind
+    assert len(events) >= 4  # a token with no text of its own goes out with the next one's text
     assert b'"completion_tokens":20' in events[-2].replace(b" ", b"")
     assert "engine_core=process" in process_core.log_path.read_text()
 

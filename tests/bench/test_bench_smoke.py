@@ -156,7 +156,8 @@ def test_vllm_in_process_anchor_differs_from_vllm_only_in_its_engine_core(tmp_pa
 
 def run_summary(tok_s: float, ttft: float, errors: int = 0, tokens: float = 64.0, expected: int = 64) -> dict:
     return {"output_tok_s": tok_s, "req_s": tok_s / 64, "ttft_p50_ms": ttft, "ttft_p99_ms": ttft * 2,
-            "itl_p50_ms": 50.0, "itl_p99_ms": 120.0, "tpot_p99_ms": 60.0, "completed": 10 - errors, "failed": errors, "short": 0,
+            "itl_p50_ms": 50.0, "itl_p99_ms": 120.0, "tpot_p99_ms": 60.0,
+            "completed": 10 - errors, "failed": errors, "short": 0,
             "errors": errors, "error_samples": ["ClientConnectorError: refused"] if errors else [],
             "e2el_p50_ms": ttft + 3000, "duration_s": 10.0,
             "mean_prompt_tokens": 158.0, "mean_output_tokens": tokens, "expected_output_tokens": expected,
