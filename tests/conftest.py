@@ -102,9 +102,9 @@ class ServerProcess:
         )
         return self
 
-    def wait_healthy(self) -> "ServerProcess":
-        """Wait until /health says 200; raises if the server exits or takes too long."""
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
+    def wait_healthy(self, timeout: float = SERVER_START_TIMEOUT) -> "ServerProcess":
+        """Wait until /health says 200; raises if the server exits or takes longer than timeout."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
@@ -115,7 +115,7 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"server not healthy after {SERVER_START_TIMEOUT} s:\n{self.log_tail()}")
+        raise RuntimeError(f"server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

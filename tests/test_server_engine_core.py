@@ -17,7 +17,7 @@ import requests
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ServerProcess
-from tests.test_server_guards import metric, open_stream
+from tests.test_server_guards import metric, open_stream, wait_until_nothing_runs
 
 # Generous: the suite shares two cores with other servers, each restart loads the model again, and
 # a process engine core imports vLLM and torch twice more (vLLM spawns the core and its CPU worker).
@@ -26,23 +26,9 @@ RESTART_TIMEOUT = 900
 
 @pytest.fixture(scope="module")
 def process_core():
-    proc = ServerProcess(env={"ENGINE_CORE": "process"}).launch()
-    wait_ready(proc)
+    proc = ServerProcess(env={"ENGINE_CORE": "process"}).launch().wait_healthy(RESTART_TIMEOUT)
     yield proc
     proc.stop()
-
-
-def wait_ready(proc: ServerProcess) -> None:
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while time.monotonic() < deadline:
-        assert proc.process.poll() is None, proc.log_tail()
-        try:
-            if requests.get(proc.base_url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not ready in {RESTART_TIMEOUT} s:\n{proc.log_tail()}")
 
 
 def current_worker(proc: ServerProcess) -> int:
@@ -117,9 +103,7 @@ def test_a_client_that_leaves_aborts_its_request_in_the_engine_core(process_core
     for stream in streams:
         stream.close()
     # Seconds, not the minutes 2 x 4,000 tokens would take without the abort (a busy machine's bound).
-    deadline = time.monotonic() + 30
-    while metric(process_core.base_url, "vllm:num_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_nothing_runs(process_core.base_url, timeout=30)
     assert metric(process_core.base_url, "vllm:num_requests_running") == 0
     assert chat(process_core).status_code == 200
 

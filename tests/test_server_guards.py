@@ -167,6 +167,13 @@ def short_request_seconds(base_url):
     return time.monotonic() - started
 
 
+def wait_until_nothing_runs(base_url: str, timeout: float) -> None:
+    """Wait until vLLM's scheduler runs no request, or timeout has passed (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while metric(base_url, "vllm:num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_client_disconnect_aborts_generation(server):
     idle = statistics.median(short_request_seconds(server.base_url) for _ in range(3))
     aborts_before = metric(server.base_url, "http_client_aborts_total", default=0, endpoint="/v1/chat/completions")
@@ -177,9 +184,7 @@ def test_client_disconnect_aborts_generation(server):
     # The server notices on its next write to the closed connection and the engine aborts after its
     # step: well under a second on an idle machine. The bound leaves room for a loaded CI machine,
     # and is far below the minutes the 4 x 4000 tokens would take if nothing were aborted.
-    deadline = time.monotonic() + 10
-    while metric(server.base_url, "vllm:num_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_nothing_runs(server.base_url, timeout=10)
     assert metric(server.base_url, "vllm:num_requests_running") == 0
     assert metric(server.base_url, "vllm:num_requests_waiting") == 0
     assert metric(server.base_url, "http_client_aborts_total", endpoint="/v1/chat/completions") == aborts_before + 4

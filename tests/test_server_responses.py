@@ -11,6 +11,7 @@ from openai import OpenAI
 
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.prometheus import scrape, value
+from tests.test_server_tools import WEATHER_PARAMETERS
 
 QUESTION = "What is the capital of France?"
 STREAM_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
@@ -167,13 +168,6 @@ def test_bad_requests_get_the_envelope_naming_the_field(server, body, status, pa
     assert error["param"] == param and error["message"]
 
 
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 30},
-                   "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
            "parameters": WEATHER_PARAMETERS}
 WEATHER_QUESTION = "What is the weather like in Paris today?"

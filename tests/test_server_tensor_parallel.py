@@ -20,7 +20,7 @@ import requests
 from engine_bridge.default_model import DEFAULT_MODEL_NAME
 from tests.conftest import ServerProcess
 from tests.stand_in import FAIL_MARKER_MAX_TOKENS
-from tests.test_server_guards import assert_envelope, chat_body, metric, open_stream
+from tests.test_server_guards import assert_envelope, chat_body, metric, open_stream, wait_until_nothing_runs
 
 RANKS = 3
 TP_ENV = {"TENSOR_PARALLEL_SIZE": str(RANKS), "VLLM_CPU_OMP_THREADS_BIND": "0|1|0",
@@ -102,19 +102,6 @@ def wait_until_gone(processes: list[tuple[int, str]], timeout: float) -> float:
     raise AssertionError(f"still running {timeout:.0f} s later: {left}")
 
 
-def wait_healthy(proc: ServerProcess) -> None:
-    deadline = time.monotonic() + LOAD_TIMEOUT
-    while time.monotonic() < deadline:
-        assert proc.process.poll() is None, proc.log_tail()
-        try:
-            if requests.get(proc.base_url + "/health", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not healthy within {LOAD_TIMEOUT} s:\n{proc.log_tail()}")
-
-
 def the_worker_and_its_processes(proc: ServerProcess) -> tuple[int, list[tuple[int, str]]]:
     """The gunicorn worker, and everything it started (ranks, multiprocessing's resource tracker)."""
     worker = gunicorn_worker(proc)
@@ -126,7 +113,7 @@ def the_worker_and_its_processes(proc: ServerProcess) -> tuple[int, list[tuple[i
 def tp_server():
     proc = ServerProcess(env=TP_ENV).launch()
     try:
-        wait_healthy(proc)
+        proc.wait_healthy(LOAD_TIMEOUT)
     except BaseException:
         proc.stop()
         raise
@@ -175,9 +162,7 @@ def test_a_client_that_leaves_aborts_its_generation(tp_server):
     assert metric(tp_server.base_url, "vllm:num_requests_running") == 2
     for stream in streams:
         stream.close()
-    deadline = time.monotonic() + 30
-    while metric(tp_server.base_url, "vllm:num_requests_running") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_nothing_runs(tp_server.base_url, timeout=30)
     assert metric(tp_server.base_url, "vllm:num_requests_running") == 0
     response = requests.post(tp_server.base_url + "/v1/chat/completions", json=chat_body(max_tokens=8), timeout=120)
     assert response.status_code == 200
@@ -196,7 +181,7 @@ def test_an_engine_failure_ends_every_rank_and_a_fresh_worker_serves(tp_server):
     gone = wait_until_gone(processes, timeout=45)
     print(f"engine failure: the worker and its {len(processes) - 1} processes were gone {gone:.1f} s after the 500")
     assert f"Worker (pid:{worker}) exited with code 1" in tp_server.log_path.read_text()
-    wait_healthy(tp_server)
+    tp_server.wait_healthy(LOAD_TIMEOUT)
     assert len(rank_processes(gunicorn_worker(tp_server))) == RANKS
 
 
@@ -205,7 +190,7 @@ def test_kill_9_of_the_gunicorn_worker_leaves_no_rank_behind(tp_server):
     os.kill(worker, signal.SIGKILL)
     gone = wait_until_gone(processes, timeout=RANKS_GONE_WITHIN)
     print(f"kill -9 of the worker: its {len(processes)} processes were gone {gone:.1f} s later")
-    wait_healthy(tp_server)
+    tp_server.wait_healthy(LOAD_TIMEOUT)
     response = requests.post(tp_server.base_url + "/v1/chat/completions", json=chat_body(max_tokens=8), timeout=120)
     assert response.status_code == 200
 
